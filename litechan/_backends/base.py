@@ -1,0 +1,264 @@
+"""The internal backend interface: what a storage engine must do for the core.
+
+The core (``litechan/_broker.py``, ``_ordered.py``, ``_lite.py``) owns validation, handles, the
+key-ordered dispatch of ordered topics and the per-topic buffers of lite-topic subscribers. A
+backend owns storage, ownership (who holds a partition or a lite topic, and the generation that
+fences stale acks), offsets, TTL and notification. The split is drawn so that every per-message
+decision that is the same on every backend lives once, in the core.
+
+Notification is push, data is pull: a backend calls a listener's ``wake``/``on_data`` when
+something may be readable (cheap, may be spurious), and the core pulls batches with ``fetch``.
+That keeps a consumer's cost per message O(1) whatever number of lite topics it owns, and lets
+a lagging subscriber read straight from retained storage (so trimming is seen as a gap, G9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import anyio.abc
+import attrs
+
+from .._clock import Clock
+from .._types import DeadLetter, EndReason, LiteTopicsStats, OrderedTopicStats, Receipt
+
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "Entry",
+    "GroupMember",
+    "LiteBatch",
+    "LiteListener",
+    "LiteMember",
+    "LiteRecord",
+    "LiteSpec",
+    "OrderedBatch",
+    "OrderedListener",
+    "OrderedSpec",
+    "Start",
+    "Subscription",
+]
+
+#: Where a lite-topic subscription starts: after the group's committed offset, at the earliest
+#: retained message, after the last message, or at an explicit offset.
+Start = Literal["committed", "earliest", "latest"] | int
+
+#: One stored lite-topic message: ``(offset, payload, headers, published_at)``. A tuple because
+#: the memory backend keeps millions of them and they are never mutated.
+LiteRecord = tuple[int, bytes, dict[str, str], float]
+
+
+@attrs.frozen
+class BackendOptions:
+    """Options of :func:`litechan.connect` that every backend receives."""
+
+    clock: Clock
+    max_payload: int
+
+
+@attrs.frozen
+class OrderedSpec:
+    """The declared settings of an ordered topic (compared on re-declaration)."""
+
+    name: str
+    partitions: int
+    max_len: int
+    dedupe_window: float
+
+
+@attrs.frozen
+class LiteSpec:
+    """The declared settings of a lite-topic parent (compared on re-declaration)."""
+
+    parent: str
+    ttl: float
+    max_len: int
+
+
+@attrs.define(slots=True)
+class Entry:
+    """One ordered-topic message handed to a group member.
+
+    ``generation`` is the member's ownership generation of the partition when it was handed out;
+    the backend ignores settlements whose generation is no longer current (fencing, G4).
+    """
+
+    partition: int
+    offset: int
+    key: str
+    payload: bytes
+    headers: dict[str, str]
+    published_at: float
+    delivery_count: int
+    generation: int
+
+
+@attrs.frozen
+class OrderedBatch:
+    """What :meth:`GroupMember.fetch` returns: entries in partition order, partitions to give up.
+
+    A partition in ``revoked`` must be released with :meth:`GroupMember.release` once the
+    messages of it that are in flight have been settled (G1 across a rebalance).
+    """
+
+    entries: Sequence[Entry]
+    revoked: Sequence[int]
+
+
+@attrs.frozen
+class Subscription:
+    """The result of :meth:`LiteMember.subscribe`: the ownership token and where reading starts."""
+
+    generation: int
+    next_offset: int
+
+
+@attrs.frozen
+class LiteBatch:
+    """What :meth:`LiteMember.fetch` returns.
+
+    ``gap`` counts messages between the requested offset and the first returned one that were
+    trimmed before they could be read (G9). ``ended`` is set when the member no longer owns the
+    lite topic (the listener is told too).
+    """
+
+    epoch: str
+    records: Sequence[LiteRecord]
+    gap: int = 0
+    ended: EndReason | None = None
+
+
+class OrderedListener(Protocol):
+    """Told by the backend that a member's partitions changed or have new entries."""
+
+    def wake(self) -> None:
+        """Something may be fetchable now; may be called spuriously."""
+
+
+class LiteListener(Protocol):
+    """Told by the backend about a subscriber's lite topics."""
+
+    def on_data(self, lite_topic: str) -> None:
+        """*lite_topic* has messages after the ones fetched so far (may be spurious)."""
+
+    def on_end(self, lite_topic: str, reason: EndReason) -> None:
+        """The member no longer owns *lite_topic* (``REVOKED`` or ``EXPIRED``)."""
+
+
+class GroupMember(Protocol):
+    """One consumer's membership of a consumer group of an ordered topic."""
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The partitions this member owns now."""
+        ...
+
+    async def fetch(self, max_entries: int) -> OrderedBatch:
+        """Hand out up to *max_entries* entries of owned partitions, without waiting.
+
+        Redeliveries of a partition (un-acked entries of a previous owner) come first, in offset
+        order, then new entries.
+        """
+        ...
+
+    async def ack(self, entry: Entry) -> None:
+        """Settle *entry*; a no-op when its generation is stale."""
+
+    async def nack(self, entry: Entry) -> None:
+        """Count one more delivery of *entry*, which the member will redeliver itself."""
+
+    async def reject(self, entry: Entry, reason: str) -> None:
+        """Move *entry* to the group's dead letters and settle it."""
+
+    async def release(self, partition: int, undelivered: Sequence[Entry]) -> None:
+        """Give up *partition*; *undelivered* were fetched but never reached the application."""
+
+    async def aclose(self, undelivered: Sequence[Entry]) -> None:
+        """Leave the group; un-acked entries are redelivered to the next owners (G3)."""
+
+
+class LiteMember(Protocol):
+    """One subscriber's attachment to a lite-topic parent, for one group."""
+
+    async def subscribe(self, lite_topic: str, start: Start) -> Subscription:
+        """Become the group's owner of *lite_topic*, revoking any previous owner (G7)."""
+        ...
+
+    async def unsubscribe(self, lite_topic: str) -> None:
+        """Stop owning *lite_topic*; the group's committed offset stays."""
+
+    async def fetch(
+        self, lite_topic: str, generation: int, from_offset: int, max_records: int
+    ) -> LiteBatch:
+        """Read up to *max_records* records from *from_offset* on, without waiting."""
+        ...
+
+    async def ack(self, lite_topic: str, epoch: str, offset: int, generation: int) -> None:
+        """Settle one record for the group; a no-op when epoch or generation is stale (G4)."""
+
+    async def aclose(self) -> None:
+        """Give up every lite topic this member owns."""
+
+
+class Backend(Protocol):
+    """A storage engine reached through one :class:`litechan.Broker`."""
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Connect, and start background work (timers, readers) in the broker's task group."""
+
+    async def aclose(self) -> None:
+        """Disconnect; the broker cancels its task group afterwards."""
+
+    def declare_ordered(self, spec: OrderedSpec) -> None:
+        """Record *spec*, or raise ``ConfigMismatch`` if the name is known with other settings."""
+
+    def declare_lite(self, spec: LiteSpec) -> None:
+        """Record *spec*, or raise ``ConfigMismatch`` if the parent is known with other settings."""
+
+    async def send(
+        self,
+        spec: OrderedSpec,
+        partition: int,
+        key: str,
+        payload: bytes,
+        headers: dict[str, str],
+        dedupe_id: str | None,
+    ) -> Receipt:
+        """Append one message to *partition* (or return the receipt of its duplicate)."""
+        ...
+
+    async def join_group(
+        self,
+        spec: OrderedSpec,
+        group: str,
+        name: str,
+        max_deliveries: int,
+        listener: OrderedListener,
+    ) -> GroupMember:
+        """Join a consumer group; partitions are (re)balanced over its members."""
+        ...
+
+    async def dead_letters(self, spec: OrderedSpec, group: str) -> list[DeadLetter]:
+        """Return the group's dead letters, oldest first."""
+        ...
+
+    async def ordered_stats(self, spec: OrderedSpec) -> OrderedTopicStats:
+        """Return per-partition lengths and per-group lag and owners."""
+        ...
+
+    async def publish(
+        self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
+    ) -> int:
+        """Append to *lite_topic*, creating it if needed (G5); refresh its TTL; return an offset."""
+        ...
+
+    async def attach(
+        self, spec: LiteSpec, group: str, name: str, listener: LiteListener
+    ) -> LiteMember:
+        """Attach a subscriber to a parent for a group."""
+        ...
+
+    async def lite_stats(self, spec: LiteSpec, top: int) -> LiteTopicsStats:
+        """Return topic and subscription counts, total backlog and the *top* congested pairs."""
+        ...

@@ -1,0 +1,457 @@
+"""Reply side: lite topics, one small log per session, owned by one subscriber per group.
+
+A :class:`Subscriber` keeps one :class:`_TopicSub` per lite topic it owns: the ownership
+generation (which fences its acks, G4), the next offset to read and a buffer. The backend only
+*notifies* (``on_data``) and the subscriber pulls batches when a reader needs them, so an idle
+lite topic costs nothing and a busy one is read in batches. Per-topic channels and the merged
+iteration read the same buffers, so each message is yielded once, by whichever view reads it.
+
+The merged view walks a FIFO of topics that have something to read; a topic enters it when
+notified and leaves it when drained, so the work per message is O(1) whatever number of lite
+topics the subscriber owns.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self, final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import structlog
+
+from ._backends.base import LiteMember, LiteSpec, Start
+from ._errors import InvalidArgument, ResourceClosed
+from ._names import check_headers, check_int, check_name, check_payload
+from ._types import EndReason, LiteMessage, LiteTopicsStats
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+__all__ = ["Channel", "LiteTopics", "Subscriber"]
+
+logger = structlog.get_logger("litechan")
+
+#: Records pulled from the backend per fetch of one lite topic.
+_FETCH: Final = 256
+#: Messages a view hands out before it yields to the event loop once.
+_CHECKPOINT_EVERY: Final = 64
+_STARTS: Final = frozenset({"committed", "earliest", "latest"})
+
+
+@final
+class LiteTopics:
+    """Handle of a lite-topic parent; made by :meth:`Broker.lite_topics`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, broker: Broker, spec: LiteSpec) -> None:
+        self._broker = broker
+        self._spec = spec
+
+    def __repr__(self) -> str:
+        spec = self._spec
+        return f"<litechan.LiteTopics {spec.parent!r} ttl={spec.ttl} max_len={spec.max_len}>"
+
+    @property
+    def parent(self) -> str:
+        """The parent's name."""
+        return self._spec.parent
+
+    @property
+    def ttl(self) -> float:
+        """Seconds without a publish after which a lite topic is deleted."""
+        return self._spec.ttl
+
+    @property
+    def max_len(self) -> int:
+        """Messages retained per lite topic."""
+        return self._spec.max_len
+
+    async def publish(
+        self,
+        lite_topic: str,
+        payload: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        """Append *payload* to *lite_topic*, creating it if needed (G5); return its offset.
+
+        Every publish restarts the lite topic's TTL.
+
+        :raises InvalidName: *lite_topic* breaks the naming rules.
+        :raises PayloadTooLarge: *payload* exceeds the broker's ``max_payload``.
+        :raises InvalidPayload: *payload* is not bytes or *headers* not ``dict[str, str]``.
+        :raises ResourceClosed: the broker is closed.
+        """
+        backend = self._broker._open_backend
+        check_name(lite_topic, "lite topic name")
+        body = check_payload(payload, self._broker._options.max_payload)
+        return await backend.publish(self._spec, lite_topic, body, check_headers(headers))
+
+    def subscriber(self, *, group: str, name: str) -> Subscriber:
+        """Return a subscriber named *name* of *group*; open it with ``async with``.
+
+        .. versionadded:: 0.1.0
+        """
+        check_name(group, "group name")
+        check_name(name, "subscriber name")
+        return Subscriber(self, group, name)
+
+    async def stats(self, top: int = 10) -> LiteTopicsStats:
+        """Live topics, subscriptions, total backlog and the *top* most congested lite topics."""
+        check_int(top, "top", 0)
+        return await self._broker._open_backend.lite_stats(self._spec, top)
+
+
+class _TopicSub:
+    """A subscriber's state for one owned lite topic (one per subscription, never reused)."""
+
+    __slots__ = (
+        "buffer",
+        "channel",
+        "end_reason",
+        "event",
+        "generation",
+        "in_ready",
+        "lite_topic",
+        "next_offset",
+        "notified",
+        "sub",
+    )
+
+    def __init__(self, sub: Subscriber, lite_topic: str, generation: int, next_offset: int) -> None:
+        self.sub = sub
+        self.lite_topic = lite_topic
+        self.generation = generation
+        self.next_offset = next_offset
+        self.buffer: deque[LiteMessage] = deque()
+        # True when the backend may hold records past next_offset; starts True so that what
+        # was retained before the subscribe is read.
+        self.notified = True
+        self.in_ready = False
+        self.end_reason: EndReason | None = None
+        self.event: anyio.Event | None = None
+        self.channel = Channel(self)
+
+    async def ack(self, message: LiteMessage) -> None:
+        member = self.sub._member
+        if member is not None:
+            await member.ack(self.lite_topic, message.epoch, message.offset, self.generation)
+
+    def wake(self) -> None:
+        event, self.event = self.event, None
+        if event is not None:
+            event.set()
+
+
+@final
+class Channel:
+    """The messages of one lite topic for the subscriber that owns it, in offset order.
+
+    Made by :meth:`Subscriber.subscribe`. Iteration ends when the channel ends;
+    :attr:`end_reason` then says why. Leaving ``async with channel:`` unsubscribes.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("_since_checkpoint", "_ts")
+
+    def __init__(self, ts: _TopicSub) -> None:
+        self._ts = ts
+        self._since_checkpoint = 0
+
+    def __repr__(self) -> str:
+        return f"<litechan.Channel {self._ts.lite_topic!r} end_reason={self._ts.end_reason}>"
+
+    @property
+    def lite_topic(self) -> str:
+        """The lite topic this channel reads."""
+        return self._ts.lite_topic
+
+    @property
+    def end_reason(self) -> EndReason | None:
+        """``None`` while the channel is open, then why it ended."""
+        return self._ts.end_reason
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Unsubscribe, if the channel is still open."""
+        ts = self._ts
+        if ts.end_reason is None:
+            await ts.sub._unsubscribe(ts)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> LiteMessage:
+        ts = self._ts
+        while True:
+            if ts.buffer:
+                self._since_checkpoint += 1
+                if self._since_checkpoint >= _CHECKPOINT_EVERY:
+                    self._since_checkpoint = 0
+                    await anyio.lowlevel.checkpoint()
+                    if not ts.buffer:
+                        continue
+                return ts.buffer.popleft()
+            if ts.end_reason is not None:
+                raise StopAsyncIteration
+            if ts.notified:
+                await ts.sub._fill(ts)
+                continue
+            self._since_checkpoint = 0
+            event = ts.event = anyio.Event()
+            await event.wait()
+
+
+@final
+class Subscriber:
+    """A consumer of lite topics for one group; made by :meth:`LiteTopics.subscriber`.
+
+    An async context manager; :meth:`subscribe` takes ownership of a lite topic for the group
+    and returns its :class:`Channel`. Iterating the subscriber itself yields the messages of
+    every owned lite topic, merged. Leaving the block ends every channel with ``CLOSED``;
+    messages not acked stay for the group's next subscriber (G6).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, topics: LiteTopics, group: str, name: str) -> None:
+        self._topics = topics
+        self._broker = topics._broker
+        self._group = group
+        self._name = name
+        self._member: LiteMember | None = None
+        self._subs: dict[str, _TopicSub] = {}
+        self._ready: deque[_TopicSub] = deque()
+        self._event: anyio.Event | None = None
+        self._closed = False
+        self._since_checkpoint = 0
+
+    def __repr__(self) -> str:
+        return f"<litechan.Subscriber {self._topics.parent}/{self._group}/{self._name}>"
+
+    @property
+    def group(self) -> str:
+        """The group this subscriber consumes for."""
+        return self._group
+
+    @property
+    def name(self) -> str:
+        """This subscriber's name (reported as the owner in stats)."""
+        return self._name
+
+    @property
+    def lite_topics(self) -> frozenset[str]:
+        """The lite topics this subscriber owns now."""
+        return frozenset(self._subs)
+
+    async def __aenter__(self) -> Self:
+        if self._member is not None or self._closed:
+            raise ResourceClosed("a Subscriber can be opened only once")
+        backend = self._broker._open_backend
+        self._member = await backend.attach(self._topics._spec, self._group, self._name, self)
+        self._broker._register(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """End every channel with ``CLOSED`` and give up every owned lite topic."""
+        if self._closed:
+            return
+        self._closed = True
+        self._broker._unregister(self)
+        for ts in list(self._subs.values()):
+            self._end(ts, EndReason.CLOSED)
+        if self._member is not None:
+            with anyio.CancelScope(shield=True):
+                await self._member.aclose()
+        self._wake_merged()
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    async def subscribe(self, lite_topic: str, start: Start = "committed") -> Channel:
+        """Own *lite_topic* for the group and return its channel.
+
+        *start* is ``"committed"`` (after the group's committed offset, or the earliest
+        retained message when it has none), ``"earliest"``, ``"latest"`` (only what is
+        published from now on) or an offset. A previous owner in the group is revoked (G7).
+        Subscribing again to a topic this subscriber owns returns its open channel.
+
+        :raises InvalidName: *lite_topic* breaks the naming rules.
+        :raises InvalidArgument: *start* is none of the above.
+        :raises ResourceClosed: the subscriber is not open.
+        """
+        check_name(lite_topic, "lite topic name")
+        if not (start in _STARTS if type(start) is str else type(start) is int and start >= 1):
+            raise InvalidArgument(
+                f"start must be 'committed', 'earliest', 'latest' or an offset >= 1, got {start!r}"
+            )
+        member = self._open_member()
+        known = self._subs.get(lite_topic)
+        if known is not None:
+            return known.channel
+        subscription = await member.subscribe(lite_topic, start)
+        if self._closed:
+            raise ResourceClosed(f"subscriber {self._name!r} was closed during subscribe")
+        ts = _TopicSub(self, lite_topic, subscription.generation, subscription.next_offset)
+        self._subs[lite_topic] = ts
+        self._mark_ready(ts)
+        return ts.channel
+
+    async def unsubscribe(self, lite_topic: str) -> None:
+        """Give up *lite_topic*; its channel ends with ``UNSUBSCRIBED``. Idempotent."""
+        check_name(lite_topic, "lite topic name")
+        ts = self._subs.get(lite_topic)
+        if ts is not None:
+            await self._unsubscribe(ts)
+
+    async def _unsubscribe(self, ts: _TopicSub) -> None:
+        self._end(ts, EndReason.UNSUBSCRIBED)
+        if self._member is not None and not self._closed:
+            await self._member.unsubscribe(ts.lite_topic)
+
+    def _open_member(self) -> LiteMember:
+        if self._closed:
+            raise ResourceClosed(f"subscriber {self._name!r} is closed")
+        if self._member is None:
+            raise ResourceClosed("open the subscriber with `async with` first")
+        return self._member
+
+    def _end(self, ts: _TopicSub, reason: EndReason) -> None:
+        if ts.end_reason is not None:
+            return
+        ts.end_reason = reason
+        ts.buffer.clear()
+        if self._subs.get(ts.lite_topic) is ts:
+            del self._subs[ts.lite_topic]
+        ts.wake()
+
+    # -- listener (called by the backend) ------------------------------------------------------
+
+    def on_data(self, lite_topic: str) -> None:
+        """Backend callback: *lite_topic* has records past what was fetched."""
+        ts = self._subs.get(lite_topic)
+        if ts is not None:
+            ts.notified = True
+            self._mark_ready(ts)
+            ts.wake()
+
+    def on_end(self, lite_topic: str, reason: EndReason) -> None:
+        """Backend callback: ownership of *lite_topic* ended (revoked or expired)."""
+        ts = self._subs.get(lite_topic)
+        if ts is not None:
+            self._end(ts, reason)
+
+    def _mark_ready(self, ts: _TopicSub) -> None:
+        if not ts.in_ready:
+            ts.in_ready = True
+            self._ready.append(ts)
+            self._wake_merged()
+
+    def _wake_merged(self) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _fill(self, ts: _TopicSub) -> None:
+        """Pull the next batch of *ts* from the backend into its buffer."""
+        member = self._member
+        if member is None or ts.end_reason is not None:
+            return
+        ts.notified = False  # cleared first: a notification during the fetch sets it again
+        batch = await member.fetch(ts.lite_topic, ts.generation, ts.next_offset, _FETCH)
+        if batch.ended is not None:
+            self._end(ts, batch.ended)
+            return
+        records = batch.records
+        if not records or ts.end_reason is not None:
+            return
+        if len(records) == _FETCH:
+            ts.notified = True
+        gap = batch.gap
+        if gap:
+            logger.warning(
+                "litechan.lite.gap",
+                parent=self._topics.parent,
+                lite_topic=ts.lite_topic,
+                group=self._group,
+                missed=gap,
+                hint="the subscriber fell more than max_len behind",
+            )
+        lite_topic = ts.lite_topic
+        epoch = batch.epoch
+        buffer = ts.buffer
+        for offset, payload, headers, published_at in records:
+            buffer.append(
+                LiteMessage(
+                    lite_topic,
+                    offset,
+                    epoch,
+                    payload,
+                    dict(headers) if headers else {},
+                    published_at,
+                    gap,
+                    ts,
+                )
+            )
+            gap = 0
+        ts.next_offset = records[-1][0] + 1
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> LiteMessage:
+        ready = self._ready
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            while ready:
+                ts = ready[0]
+                if ts.end_reason is not None:
+                    ready.popleft()
+                    ts.in_ready = False
+                elif ts.buffer:
+                    message = ts.buffer.popleft()
+                    if ts.buffer or ts.notified:
+                        ready.rotate(-1)  # round-robin: one busy session cannot starve others
+                    else:
+                        ready.popleft()
+                        ts.in_ready = False
+                    self._since_checkpoint += 1
+                    if self._since_checkpoint >= _CHECKPOINT_EVERY:
+                        self._since_checkpoint = 0
+                        await anyio.lowlevel.checkpoint()
+                    return message
+                elif ts.notified:
+                    await self._fill(ts)
+                else:
+                    ready.popleft()
+                    ts.in_ready = False
+            self._since_checkpoint = 0
+            event = self._event = anyio.Event()
+            await event.wait()

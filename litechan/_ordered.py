@@ -1,0 +1,367 @@
+"""Request side: ordered topics, partitioned by key, consumed by groups.
+
+A :class:`Consumer` pulls batches of entries from its backend membership and hands them to the
+application through :class:`~litechan._dispatch.KeyOrderedDispatcher`, which enforces per-key
+order with at most ``max_in_flight`` messages out (G1, G2). Revocation during a rebalance is
+cooperative: the consumer stops handing out the partition's messages, waits until the ones the
+application holds are settled, then releases the partition, so the next owner can never deliver
+a key's next message before the previous one is settled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Literal, Self, final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import attrs
+
+from ._alarm import Alarm
+from ._backends.base import Entry, GroupMember, OrderedSpec
+from ._dispatch import KeyOrderedDispatcher, by_key, by_partition
+from ._errors import InvalidArgument, ResourceClosed
+from ._hashing import partition_for
+from ._names import check_headers, check_int, check_key, check_name, check_payload, check_seconds
+from ._types import DeadLetter, Message, OrderedTopicStats, Receipt
+
+if TYPE_CHECKING:
+    from ._broker import Broker
+
+__all__ = ["Consumer", "OrderedTopic"]
+
+#: How many ready messages a consumer hands out before it yields to the event loop once.
+_CHECKPOINT_EVERY: Final = 64
+
+
+@final
+class OrderedTopic:
+    """Handle of an ordered topic; made by :meth:`Broker.ordered_topic`.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, broker: Broker, spec: OrderedSpec) -> None:
+        self._broker = broker
+        self._spec = spec
+
+    def __repr__(self) -> str:
+        return f"<litechan.OrderedTopic {self._spec.name!r} partitions={self._spec.partitions}>"
+
+    @property
+    def name(self) -> str:
+        """The topic's name."""
+        return self._spec.name
+
+    @property
+    def partitions(self) -> int:
+        """The number of partitions."""
+        return self._spec.partitions
+
+    def partition_of(self, key: str) -> int:
+        """The partition *key* lands in (:func:`litechan.partition_for`)."""
+        return partition_for(check_key(key), self._spec.partitions)
+
+    async def send(
+        self,
+        key: str,
+        payload: bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        dedupe_id: str | None = None,
+    ) -> Receipt:
+        """Append *payload* to the partition of *key* and return where it was stored.
+
+        A second send with the same *dedupe_id* within the topic's dedupe window stores nothing
+        and returns the first send's receipt with ``duplicate=True`` (G11).
+
+        :raises InvalidName: *key* is not a str of 1 to 1024 characters.
+        :raises PayloadTooLarge: *payload* exceeds the broker's ``max_payload``.
+        :raises InvalidPayload: *payload* is not bytes or *headers* not ``dict[str, str]``.
+        :raises ResourceClosed: the broker is closed.
+        """
+        backend = self._broker._open_backend
+        check_key(key)
+        body = check_payload(payload, self._broker._options.max_payload)
+        fields = check_headers(headers)
+        if dedupe_id is not None and (type(dedupe_id) is not str or not dedupe_id):
+            raise InvalidArgument(f"dedupe_id must be a non-empty str, got {dedupe_id!r}")
+        partition = partition_for(key, self._spec.partitions)
+        return await backend.send(self._spec, partition, key, body, fields, dedupe_id)
+
+    def consumer(
+        self,
+        *,
+        group: str,
+        name: str,
+        ordering: Literal["key", "partition"] = "key",
+        max_in_flight: int = 64,
+        max_deliveries: int = 10,
+    ) -> Consumer:
+        """Return a consumer of *group*; open it with ``async with`` and iterate it.
+
+        *ordering* ``"key"`` delivers each key in order with up to *max_in_flight* messages of
+        different keys out at once; ``"partition"`` delivers each partition strictly in order.
+        A message delivered *max_deliveries* times and nacked again is dead-lettered.
+
+        .. versionadded:: 0.1.0
+        """
+        check_name(group, "group name")
+        check_name(name, "consumer name")
+        if ordering not in ("key", "partition"):
+            raise InvalidArgument(f"ordering must be 'key' or 'partition', got {ordering!r}")
+        check_int(max_in_flight, "max_in_flight", 1)
+        check_int(max_deliveries, "max_deliveries", 1)
+        return Consumer(self, group, name, ordering, max_in_flight, max_deliveries)
+
+    async def dead_letters(self, group: str) -> list[DeadLetter]:
+        """Messages of *group* that were rejected or exceeded ``max_deliveries``, oldest first."""
+        check_name(group, "group name")
+        return await self._broker._open_backend.dead_letters(self._spec, group)
+
+    async def stats(self) -> OrderedTopicStats:
+        """Per-partition length, and each group's committed offset, lag, pending and owner."""
+        return await self._broker._open_backend.ordered_stats(self._spec)
+
+
+@final
+class Consumer:
+    """One consumer of a consumer group; made by :meth:`OrderedTopic.consumer`.
+
+    An async context manager and an async iterator of :class:`Message`. Leaving the block
+    without settling messages is what a crash looks like: they are redelivered, in order, to
+    the group's next owner of their partition (G3).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        topic: OrderedTopic,
+        group: str,
+        name: str,
+        ordering: Literal["key", "partition"],
+        max_in_flight: int,
+        max_deliveries: int,
+    ) -> None:
+        self._topic = topic
+        self._broker = topic._broker
+        self._group = group
+        self._name = name
+        self._ordering = ordering
+        self._max_deliveries = max_deliveries
+        self._dispatcher = KeyOrderedDispatcher(
+            max_in_flight, by_key if ordering == "key" else by_partition
+        )
+        # Fetch more once fewer than this many are held, so a blocked key cannot hold the
+        # buffer hostage for long, yet fetches stay batched.
+        self._fetch_limit = max(256, 4 * max_in_flight)
+        self._member: GroupMember | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._alarm = Alarm(self._broker.clock, self._on_alarm)
+        self._woken = True
+        self._event: anyio.Event | None = None
+        self._revoking: dict[int, list[Entry]] = {}
+        self._closed = False
+        self._since_checkpoint = 0
+
+    def __repr__(self) -> str:
+        return f"<litechan.Consumer {self._topic.name}/{self._group}/{self._name}>"
+
+    @property
+    def group(self) -> str:
+        """The consumer group's name."""
+        return self._group
+
+    @property
+    def name(self) -> str:
+        """This consumer's name within the group."""
+        return self._name
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The partitions this consumer owns now."""
+        return self._member.partitions if self._member is not None else frozenset()
+
+    @property
+    def in_flight(self) -> int:
+        """Messages delivered to the application and not yet settled."""
+        return self._dispatcher.in_flight
+
+    async def __aenter__(self) -> Self:
+        if self._member is not None or self._closed:
+            raise ResourceClosed("a Consumer can be opened only once")
+        backend = self._broker._open_backend
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        task_group.start_soon(self._alarm.run)
+        try:
+            self._member = await backend.join_group(
+                self._topic._spec, self._group, self._name, self._max_deliveries, self
+            )
+        except BaseException as exc:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._broker._register(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            return await task_group.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def aclose(self) -> None:
+        """Leave the group; messages not settled are redelivered to the next owners."""
+        if self._closed:
+            return
+        self._closed = True
+        self._broker._unregister(self)
+        undelivered = self._dispatcher.drain()
+        for dropped in self._revoking.values():
+            undelivered.extend(dropped)
+        self._revoking.clear()
+        if self._member is not None:
+            with anyio.CancelScope(shield=True):
+                await self._member.aclose(undelivered)
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+        self.wake()
+
+    # -- listener (called by the backend) ------------------------------------------------------
+
+    def wake(self) -> None:
+        """Backend callback: entries or revocations may be waiting."""
+        self._woken = True
+        self._set_event()
+
+    def _set_event(self) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
+
+    def _on_alarm(self) -> None:
+        dispatcher = self._dispatcher
+        dispatcher.release_due(self._broker.clock.time())
+        due = dispatcher.next_due()
+        if due is not None:
+            self._alarm.arm(due)
+        self._set_event()
+
+    # -- iteration -----------------------------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        dispatcher = self._dispatcher
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            entry = dispatcher.pop()
+            if entry is not None:
+                self._since_checkpoint += 1
+                if self._since_checkpoint >= _CHECKPOINT_EVERY:
+                    self._since_checkpoint = 0
+                    await anyio.lowlevel.checkpoint()
+                return Message(entry, self)
+            member = self._member
+            if member is None:
+                raise ResourceClosed("open the consumer with `async with` before iterating it")
+            room = self._fetch_limit - dispatcher.buffered
+            can_use_more = dispatcher.in_flight < dispatcher.max_in_flight and room > 0
+            if self._woken or can_use_more:
+                self._woken = False
+                batch = await member.fetch(room if can_use_more else 0)
+                for partition in batch.revoked:
+                    await self._revoke(partition)
+                for fetched in batch.entries:
+                    dispatcher.push(fetched)
+                if batch.entries or batch.revoked:
+                    continue
+            if self._woken:
+                continue
+            self._since_checkpoint = 0
+            event = self._event = anyio.Event()
+            await event.wait()
+
+    # -- settlement ----------------------------------------------------------------------------
+
+    async def _revoke(self, partition: int) -> None:
+        dropped = self._dispatcher.drop_partition(partition)
+        if self._dispatcher.in_flight_of(partition) == 0:
+            await self._release(partition, dropped)
+        else:
+            self._revoking[partition] = dropped
+
+    async def _release(self, partition: int, undelivered: Sequence[Entry]) -> None:
+        if self._member is not None and not self._closed:
+            await self._member.release(partition, undelivered)
+
+    async def _after_settle(self, entry: Entry) -> None:
+        partition = entry.partition
+        if partition in self._revoking and self._dispatcher.in_flight_of(partition) == 0:
+            await self._release(partition, self._revoking.pop(partition))
+        self._set_event()
+
+    def _take(self, message: Message) -> Entry | None:
+        """Mark *message* settled; return its entry, or None if it was settled or we closed."""
+        if message._settled:
+            return None
+        message._settled = True
+        if self._closed:
+            return None  # the membership is gone: the message will be redelivered elsewhere
+        return message._entry
+
+    async def _ack(self, message: Message) -> None:
+        entry = self._take(message)
+        if entry is None or self._member is None:
+            return
+        self._dispatcher.settle(entry)
+        await self._member.ack(entry)
+        await self._after_settle(entry)
+
+    async def _reject(self, message: Message, reason: str) -> None:
+        if type(reason) is not str:
+            raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
+        entry = self._take(message)
+        if entry is None or self._member is None:
+            return
+        self._dispatcher.settle(entry)
+        await self._member.reject(entry, reason)
+        await self._after_settle(entry)
+
+    async def _nack(self, message: Message, delay: float) -> None:
+        seconds = check_seconds(delay, "delay", allow_zero=True)
+        if message._settled:
+            return
+        entry = message._entry
+        if entry.delivery_count >= self._max_deliveries:
+            await self._reject(message, f"nacked after {entry.delivery_count} deliveries")
+            return
+        if self._take(message) is None or self._member is None:
+            return
+        await self._member.nack(entry)
+        dispatcher = self._dispatcher
+        due = self._broker.clock.time() + seconds
+        # A fresh entry: the settled message keeps the delivery count it was delivered with.
+        entry = attrs.evolve(entry, delivery_count=entry.delivery_count + 1)
+        dispatcher.retry(entry, due)
+        partition = entry.partition
+        if partition in self._revoking:
+            self._revoking[partition].extend(dispatcher.drop_partition(partition))
+        elif seconds == 0:
+            dispatcher.release_due(due)
+        else:
+            self._alarm.arm(due)
+        await self._after_settle(entry)
