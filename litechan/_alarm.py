@@ -20,7 +20,7 @@ __all__ = ["Alarm"]
 class Alarm:
     """Calls ``fire()`` once the clock reaches the earliest deadline passed to :meth:`arm`."""
 
-    __slots__ = ("_changed", "_clock", "_deadline", "_fire", "_scope")
+    __slots__ = ("_changed", "_clock", "_deadline", "_fire", "_scope", "_stopped")
 
     def __init__(self, clock: Clock, fire: Callable[[], None]) -> None:
         self._clock = clock
@@ -28,6 +28,7 @@ class Alarm:
         self._deadline = math.inf
         self._changed = anyio.Event()
         self._scope: anyio.CancelScope | None = None
+        self._stopped = False
 
     def arm(self, deadline: float) -> None:
         """Fire at *deadline* at the latest (an earlier armed deadline stays in force)."""
@@ -37,9 +38,16 @@ class Alarm:
                 self._scope.cancel()
             self._changed.set()
 
+    def stop(self) -> None:
+        """Make :meth:`run` return; the alarm never fires again."""
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+        self._changed.set()
+
     async def run(self) -> None:
-        """Serve the alarm until cancelled; run it in the owner's task group."""
-        while True:
+        """Serve the alarm until :meth:`stop` or cancellation; run it in the owner's task group."""
+        while not self._stopped:
             if self._deadline == math.inf:
                 await self._changed.wait()
                 self._changed = anyio.Event()
@@ -50,6 +58,6 @@ class Alarm:
                 await self._clock.sleep_until(deadline)
             self._scope = None
             if scope.cancel_called:
-                continue  # re-armed earlier: sleep again on the new deadline
+                continue  # re-armed earlier (or stopped): look again
             self._deadline = math.inf
             self._fire()

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._backends import open_backend
 from ._backends.base import Backend, BackendOptions, LiteSpec, OrderedSpec
@@ -28,6 +29,7 @@ __all__ = ["Broker", "connect"]
 
 DEFAULT_MAX_PAYLOAD: Final = 1 << 20
 MAX_PARTITIONS: Final = 4096
+_CHECKPOINT_EVERY: Final = 64
 
 
 def connect(
@@ -77,6 +79,7 @@ class Broker:
         self._ordered: dict[str, OrderedTopic] = {}
         self._lite: dict[str, LiteTopics] = {}
         self._resources: set[_Closable] = set()
+        self._ops = 0
 
     def __repr__(self) -> str:
         return f"<litechan.Broker {self._url!r} {self._state}>"
@@ -129,8 +132,8 @@ class Broker:
             for resource in list(self._resources):
                 await resource.aclose()
             await self._backend.aclose()
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
+        # The task group's scope is cancelled by __aexit__, after the application's body: it
+        # wraps that body, which must see its consumers end, not a cancellation.
 
     # -- internal helpers used by the handles ------------------------------------------------
 
@@ -142,6 +145,14 @@ class Broker:
                 "use it inside `async with litechan.connect(...)`"
             )
         return self._backend
+
+    async def _maybe_checkpoint(self) -> None:
+        # A backend call that did not suspend (memory) is not a checkpoint; yield once every
+        # so often so that a tight publish loop cannot starve the tasks that consume.
+        self._ops += 1
+        if self._ops >= _CHECKPOINT_EVERY:
+            self._ops = 0
+            await anyio.lowlevel.checkpoint()
 
     def _register(self, resource: _Closable) -> None:
         self._resources.add(resource)

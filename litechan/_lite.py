@@ -91,7 +91,9 @@ class LiteTopics:
         backend = self._broker._open_backend
         check_name(lite_topic, "lite topic name")
         body = check_payload(payload, self._broker._options.max_payload)
-        return await backend.publish(self._spec, lite_topic, body, check_headers(headers))
+        offset = await backend.publish(self._spec, lite_topic, body, check_headers(headers))
+        await self._broker._maybe_checkpoint()
+        return offset
 
     def subscriber(self, *, group: str, name: str) -> Subscriber:
         """Return a subscriber named *name* of *group*; open it with ``async with``.
@@ -356,8 +358,10 @@ class Subscriber:
         ts = self._subs.get(lite_topic)
         if ts is not None:
             ts.notified = True
-            self._mark_ready(ts)
-            ts.wake()
+            if not ts.in_ready:
+                self._mark_ready(ts)
+            if ts.event is not None:
+                ts.wake()
 
     def on_end(self, lite_topic: str, reason: EndReason) -> None:
         """Backend callback: ownership of *lite_topic* ended (revoked or expired)."""

@@ -89,7 +89,9 @@ class OrderedTopic:
         if dedupe_id is not None and (type(dedupe_id) is not str or not dedupe_id):
             raise InvalidArgument(f"dedupe_id must be a non-empty str, got {dedupe_id!r}")
         partition = partition_for(key, self._spec.partitions)
-        return await backend.send(self._spec, partition, key, body, fields, dedupe_id)
+        receipt = await backend.send(self._spec, partition, key, body, fields, dedupe_id)
+        await self._broker._maybe_checkpoint()
+        return receipt
 
     def consumer(
         self,
@@ -218,6 +220,7 @@ class Consumer:
         await self.aclose()
         task_group, self._task_group = self._task_group, None
         if task_group is not None:
+            task_group.cancel_scope.cancel()  # the body is over: only background work is left
             return await task_group.__aexit__(exc_type, exc, tb)
         return None
 
@@ -234,8 +237,9 @@ class Consumer:
         if self._member is not None:
             with anyio.CancelScope(shield=True):
                 await self._member.aclose(undelivered)
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
+        # Stop background work without cancelling the task group's scope: that scope also wraps
+        # the application's `async with` body, which must see iteration end, not a cancellation.
+        self._alarm.stop()
         self.wake()
 
     # -- listener (called by the backend) ------------------------------------------------------

@@ -65,46 +65,45 @@ _OrderedRecord = tuple[str, bytes, dict[str, str], float]
 
 
 class _Log(Generic[T]):
-    """An append-only log with integer offsets from 1 and front trimming."""
+    """An append-only log with integer offsets from 1 and front trimming.
 
-    __slots__ = ("_first", "_items", "_start")
+    ``items[start]`` holds offset ``first``; hot paths read the three fields directly.
+    """
+
+    __slots__ = ("first", "items", "start")
 
     def __init__(self) -> None:
-        self._items: list[T] = []
-        self._start = 0  # index in _items of the first retained item
-        self._first = 1  # offset of the first retained item
-
-    @property
-    def first(self) -> int:
-        return self._first
+        self.items: list[T] = []
+        self.start = 0  # index in items of the first retained item
+        self.first = 1  # offset of the first retained item
 
     @property
     def next(self) -> int:
-        return self._first + len(self._items) - self._start
+        return self.first + len(self.items) - self.start
 
     def __len__(self) -> int:
-        return len(self._items) - self._start
+        return len(self.items) - self.start
 
     def append(self, item: T) -> None:
-        self._items.append(item)
+        self.items.append(item)
 
     def get(self, offset: int) -> T:
-        return self._items[self._start + offset - self._first]
+        return self.items[self.start + offset - self.first]
 
     def slice(self, offset: int, count: int) -> list[T]:
-        i = self._start + offset - self._first
-        return self._items[i : i + count]
+        i = self.start + offset - self.first
+        return self.items[i : i + count]
 
     def trim(self, max_len: int) -> int:
         """Drop the oldest items beyond *max_len*; return how many were dropped."""
-        excess = len(self._items) - self._start - max_len
+        excess = len(self.items) - self.start - max_len
         if excess <= 0:
             return 0
-        self._start += excess
-        self._first += excess
-        if self._start > 1024 and self._start * 2 > len(self._items):
-            del self._items[: self._start]
-            self._start = 0
+        self.start += excess
+        self.first += excess
+        if self.start > 1024 and self.start * 2 > len(self.items):
+            del self.items[: self.start]
+            self.start = 0
         return excess
 
 
@@ -517,6 +516,9 @@ class _LiteMember:
         cursor = topic.groups.get(self.group)
         if cursor is None:
             cursor = topic.groups[self.group] = _GroupCursor()
+        elif cursor.committed == offset - 1 and not cursor.acked and offset >= topic.log.first:
+            cursor.committed = offset  # the common case: acks in order, nothing trimmed between
+            return
         committed = topic.base(cursor)
         if offset <= committed:
             return
@@ -612,6 +614,7 @@ class MemoryBackend:
         if world is None:
             return
         world.alarms.discard(self._alarm)
+        self._alarm.stop()
         world.refs -= 1
         if world.refs == 0 and world.name is not None and _worlds.get(world.name) is world:
             del _worlds[world.name]
@@ -736,9 +739,10 @@ class MemoryBackend:
             topics.move_to_end(lite_topic)
             topic.last_publish = now
         log = topic.log
-        offset = log.next
-        log.append((offset, payload, headers, now))
-        if len(log) > spec.max_len:
+        items = log.items
+        offset = log.first + len(items) - log.start
+        items.append((offset, payload, headers, now))
+        if offset - log.first >= spec.max_len:
             log.trim(spec.max_len)
         owners = parent.owners.get(lite_topic)
         if owners:
