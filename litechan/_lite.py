@@ -206,10 +206,10 @@ class Channel:
             if ts.buffer:
                 self._since_checkpoint += 1
                 if self._since_checkpoint >= _CHECKPOINT_EVERY:
+                    # Before taking anything: a cancellation here must not lose a message.
                     self._since_checkpoint = 0
                     await anyio.lowlevel.checkpoint()
-                    if not ts.buffer:
-                        continue
+                    continue
                 return ts.buffer.popleft()
             if ts.end_reason is not None:
                 raise StopAsyncIteration
@@ -431,6 +431,11 @@ class Subscriber:
 
     async def __anext__(self) -> LiteMessage:
         ready = self._ready
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= _CHECKPOINT_EVERY:
+            # Before taking anything: a cancellation here must not lose a message.
+            self._since_checkpoint = 0
+            await anyio.lowlevel.checkpoint()
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -446,10 +451,6 @@ class Subscriber:
                     else:
                         ready.popleft()
                         ts.in_ready = False
-                    self._since_checkpoint += 1
-                    if self._since_checkpoint >= _CHECKPOINT_EVERY:
-                        self._since_checkpoint = 0
-                        await anyio.lowlevel.checkpoint()
                     return message
                 elif ts.notified:
                     await self._fill(ts)

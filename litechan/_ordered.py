@@ -269,15 +269,16 @@ class Consumer:
 
     async def __anext__(self) -> Message:
         dispatcher = self._dispatcher
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= _CHECKPOINT_EVERY:
+            # Before taking anything: a cancellation here must not lose a message.
+            self._since_checkpoint = 0
+            await anyio.lowlevel.checkpoint()
         while True:
             if self._closed:
                 raise StopAsyncIteration
             entry = dispatcher.pop()
             if entry is not None:
-                self._since_checkpoint += 1
-                if self._since_checkpoint >= _CHECKPOINT_EVERY:
-                    self._since_checkpoint = 0
-                    await anyio.lowlevel.checkpoint()
                 return Message(entry, self)
             member = self._member
             if member is None:

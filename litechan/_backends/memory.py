@@ -464,7 +464,17 @@ class _LiteMember:
             return Subscription(generation, start if isinstance(start, int) else 1)
         cursor = topic.groups.get(self.group)
         if start == "committed":
-            next_offset = topic.base(cursor) + 1
+            if cursor is None:
+                # The group's first look at this incarnation: record its interest (it shows
+                # in stats from now on) and start at the earliest retained message.
+                topic.groups[self.group] = _GroupCursor()
+                next_offset = topic.log.first
+            elif cursor.committed is None:
+                next_offset = topic.log.first
+            else:
+                # Not clamped to what is retained: if trimming passed the committed offset,
+                # the first fetch reports the distance as a gap (G9).
+                next_offset = cursor.committed + 1
         else:
             if start == "earliest":
                 next_offset = topic.log.first

@@ -1,0 +1,118 @@
+"""The ground the conformance checks stand on: one *world* of a backend, openable many times.
+
+Most guarantees are about more than one process: a gateway that resumes where a dead one stopped
+(G6), a consumer group whose partitions move when a worker joins (G1, G4), a takeover (G7). A
+check therefore needs several brokers sharing one backend state (one named memory world, one
+Redis database) and a way to make time pass for TTLs, nack delays and dedupe windows.
+:class:`Harness` packages exactly that, so the checks stay backend-neutral: a backend author
+writes one :data:`BackendFactory` and runs every check against it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeAlias, final
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+import litechan
+
+from .._clock import ManualClock
+
+__all__ = ["BackendFactory", "Harness", "memory_backend"]
+
+# How many plain checkpoints settle() runs before anyio.wait_all_tasks_blocked(): on asyncio the
+# latter sleeps 0.1 s whenever some task is still runnable, so letting the wake-up chain of one
+# operation run first keeps a settle at a fraction of a millisecond on the memory backend.
+_SETTLE_CHECKPOINTS = 32
+
+
+@final
+@attrs.frozen(eq=False)
+class Harness:
+    """One world of a backend under test: brokers opened by :meth:`connect` share its state.
+
+    *url* is what :func:`litechan.connect` opens; every call of :meth:`connect` is a new broker
+    (a new "process") on the same world. *clock* is the :class:`ManualClock` the brokers read,
+    or ``None`` when the backend keeps real time (a server that expires keys itself); then
+    :meth:`advance` really sleeps. *settle_time* is how long :meth:`settle` waits, on top of
+    letting every local task run, for work done outside this process (a server round trip):
+    0 for in-process backends.
+
+    .. versionadded:: 0.1.0
+    """
+
+    url: str
+    clock: ManualClock | None = None
+    settle_time: float = 0.0
+
+    def connect(
+        self, *, max_payload: int | None = None
+    ) -> AbstractAsyncContextManager[litechan.Broker]:
+        """Open a new broker on this world (``async with harness.connect() as broker:``).
+
+        *max_payload* is passed to :func:`litechan.connect` when given.
+        """
+        return self._open(max_payload)
+
+    @asynccontextmanager
+    async def _open(self, max_payload: int | None) -> AsyncIterator[litechan.Broker]:
+        if max_payload is None:
+            broker = litechan.connect(self.url, clock=self.clock)
+        else:
+            broker = litechan.connect(self.url, clock=self.clock, max_payload=max_payload)
+        async with broker:
+            yield broker
+
+    async def advance(self, seconds: float) -> None:
+        """Let *seconds* pass for the brokers of this world, then let them react.
+
+        With a :class:`ManualClock` time jumps at once and every timer that became due runs
+        before this returns; without one this sleeps for real.
+        """
+        if self.clock is None:
+            await anyio.sleep(seconds)
+        else:
+            self.clock.advance(seconds)
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Return once every local task is blocked (and *settle_time* has passed).
+
+        Checks use it before asserting that something did *not* happen: whatever the brokers
+        were going to deliver as a consequence of the last operation has been delivered.
+        """
+        for _ in range(_SETTLE_CHECKPOINTS):
+            await anyio.lowlevel.checkpoint()
+        await anyio.wait_all_tasks_blocked()
+        if self.settle_time > 0:
+            await anyio.sleep(self.settle_time)
+            await anyio.wait_all_tasks_blocked()
+
+
+#: What every check takes: a callable that opens a *fresh, empty* world of the backend under test
+#: and yields its :class:`Harness` (``async with backend() as harness:``). Each call must be
+#: isolated from every other call (a new memory world, a new Redis namespace or database).
+#:
+#: .. versionadded:: 0.1.0
+BackendFactory: TypeAlias = Callable[[], AbstractAsyncContextManager[Harness]]
+
+
+@asynccontextmanager
+async def memory_backend() -> AsyncIterator[Harness]:
+    """A :data:`BackendFactory` for the in-process memory backend, on a :class:`ManualClock`.
+
+    Each call opens a new named world (``memory://kit-<uuid>``), so checks never see each other's
+    topics. A named memory world is dropped when its last broker closes; the harness keeps one
+    broker open for its whole life, so a check may close every broker it opened and connect
+    again to find the world as it left it, like a server that outlives its clients.
+
+    .. versionadded:: 0.1.0
+    """
+    harness = Harness(url=f"memory://kit-{uuid.uuid4().hex}", clock=ManualClock())
+    async with harness.connect():
+        yield harness
