@@ -23,7 +23,7 @@ import anyio.abc
 import anyio.lowlevel
 import structlog
 
-from ._backends.base import LiteMember, LiteSpec, Start
+from ._backends.base import LiteListener, LiteMember, LiteSpec, Start
 from ._errors import InvalidArgument, ResourceClosed
 from ._names import check_headers, check_int, check_name, check_payload
 from ._types import EndReason, LiteMessage, LiteTopicsStats
@@ -267,7 +267,8 @@ class Subscriber:
         if self._member is not None or self._closed:
             raise ResourceClosed("a Subscriber can be opened only once")
         backend = self._broker._open_backend
-        self._member = await backend.attach(self._topics._spec, self._group, self._name, self)
+        listener = LiteListener(on_data=self._on_data, on_end=self._on_end)
+        self._member = await backend.attach(self._topics._spec, self._group, self._name, listener)
         self._broker._register(self)
         return self
 
@@ -353,8 +354,8 @@ class Subscriber:
 
     # -- listener (called by the backend) ------------------------------------------------------
 
-    def on_data(self, lite_topic: str) -> None:
-        """Backend callback: *lite_topic* has records past what was fetched."""
+    def _on_data(self, lite_topic: str) -> None:
+        # Backend callback: *lite_topic* has records past what was fetched.
         ts = self._subs.get(lite_topic)
         if ts is not None:
             ts.notified = True
@@ -363,8 +364,8 @@ class Subscriber:
             if ts.event is not None:
                 ts.wake()
 
-    def on_end(self, lite_topic: str, reason: EndReason) -> None:
-        """Backend callback: ownership of *lite_topic* ended (revoked or expired)."""
+    def _on_end(self, lite_topic: str, reason: EndReason) -> None:
+        # Backend callback: ownership of *lite_topic* ended (revoked or expired).
         ts = self._subs.get(lite_topic)
         if ts is not None:
             self._end(ts, reason)
@@ -389,14 +390,16 @@ class Subscriber:
             return
         ts.notified = False  # cleared first: a notification during the fetch sets it again
         batch = await member.fetch(ts.lite_topic, ts.generation, ts.next_offset, _FETCH)
-        if batch.ended is not None:
-            self._end(ts, batch.ended)
+        if batch.ended is not None or ts.end_reason is not None:  # ended during the fetch
+            if batch.ended is not None:
+                self._end(ts, batch.ended)
             return
         records = batch.records
-        if not records or ts.end_reason is not None:
-            return
-        if len(records) == _FETCH:
+        ts.next_offset = batch.next_offset
+        if batch.more:
             ts.notified = True
+        if not records:
+            return
         gap = batch.gap
         if gap:
             logger.warning(
@@ -424,7 +427,6 @@ class Subscriber:
                 )
             )
             gap = 0
-        ts.next_offset = records[-1][0] + 1
 
     def __aiter__(self) -> Self:
         return self

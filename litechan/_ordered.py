@@ -20,7 +20,7 @@ import anyio.lowlevel
 import attrs
 
 from ._alarm import Alarm
-from ._backends.base import Entry, GroupMember, OrderedSpec
+from ._backends.base import Entry, GroupMember, OrderedListener, OrderedSpec
 from ._dispatch import KeyOrderedDispatcher, by_key, by_partition
 from ._errors import InvalidArgument, ResourceClosed
 from ._hashing import partition_for
@@ -202,7 +202,11 @@ class Consumer:
         task_group.start_soon(self._alarm.run)
         try:
             self._member = await backend.join_group(
-                self._topic._spec, self._group, self._name, self._max_deliveries, self
+                self._topic._spec,
+                self._group,
+                self._name,
+                self._max_deliveries,
+                OrderedListener(wake=self._wake),
             )
         except BaseException as exc:
             task_group.cancel_scope.cancel()
@@ -240,12 +244,12 @@ class Consumer:
         # Stop background work without cancelling the task group's scope: that scope also wraps
         # the application's `async with` body, which must see iteration end, not a cancellation.
         self._alarm.stop()
-        self.wake()
+        self._wake()
 
     # -- listener (called by the backend) ------------------------------------------------------
 
-    def wake(self) -> None:
-        """Backend callback: entries or revocations may be waiting."""
+    def _wake(self) -> None:
+        # Backend callback: entries or revocations may be waiting.
         self._woken = True
         self._set_event()
 

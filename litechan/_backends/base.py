@@ -14,7 +14,7 @@ a lagging subscriber read straight from retained storage (so trimming is seen as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 import anyio.abc
@@ -118,32 +118,41 @@ class Subscription:
 class LiteBatch:
     """What :meth:`LiteMember.fetch` returns.
 
-    ``gap`` counts messages between the requested offset and the first returned one that were
-    trimmed before they could be read (G9). ``ended`` is set when the member no longer owns the
-    lite topic (the listener is told too).
+    ``records`` skips messages the group already acked (an ack above the committed offset,
+    made by a previous owner), so they are not delivered twice (G3). ``next_offset`` is where
+    the next fetch starts and ``more`` whether records may be waiting there. ``gap`` counts
+    messages trimmed before they could be read (G9). ``ended`` is set when the member no longer
+    owns the lite topic (the listener is told too).
     """
 
     epoch: str
     records: Sequence[LiteRecord]
+    next_offset: int
+    more: bool = False
     gap: int = 0
     ended: EndReason | None = None
 
 
-class OrderedListener(Protocol):
-    """Told by the backend that a member's partitions changed or have new entries."""
+@attrs.frozen
+class OrderedListener:
+    """How a backend tells a consumer that its partitions changed or have new entries.
 
-    def wake(self) -> None:
-        """Something may be fetchable now; may be called spuriously."""
+    ``wake()`` may be called spuriously; it never suspends.
+    """
+
+    wake: Callable[[], None]
 
 
-class LiteListener(Protocol):
-    """Told by the backend about a subscriber's lite topics."""
+@attrs.frozen
+class LiteListener:
+    """How a backend tells a subscriber about its lite topics (never suspends).
 
-    def on_data(self, lite_topic: str) -> None:
-        """*lite_topic* has messages after the ones fetched so far (may be spurious)."""
+    ``on_data(lite_topic)``: records past the ones fetched so far may exist (may be spurious).
+    ``on_end(lite_topic, reason)``: the member no longer owns it (``REVOKED`` or ``EXPIRED``).
+    """
 
-    def on_end(self, lite_topic: str, reason: EndReason) -> None:
-        """The member no longer owns *lite_topic* (``REVOKED`` or ``EXPIRED``)."""
+    on_data: Callable[[str], None]
+    on_end: Callable[[str, EndReason], None]
 
 
 class GroupMember(Protocol):

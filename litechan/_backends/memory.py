@@ -506,16 +506,22 @@ class _LiteMember:
         parent = self.parent
         parent.expire_due(self.world.clock.time())
         if self.owned.get(lite_topic) != generation:
-            return LiteBatch("", (), ended=EndReason.REVOKED)
+            return LiteBatch("", (), from_offset, ended=EndReason.REVOKED)
         topic = parent.topics.get(lite_topic)
         if topic is None:
-            return LiteBatch("", ())
+            return LiteBatch("", (), from_offset)
         log = topic.log
         gap = 0
         if from_offset < log.first:
             gap = log.first - from_offset
             from_offset = log.first
-        return LiteBatch(topic.epoch, log.slice(from_offset, max_records), gap)
+        records = log.slice(from_offset, max_records)
+        next_offset = from_offset + len(records)
+        cursor = topic.groups.get(self.group)
+        if cursor is not None and cursor.acked:
+            acked = cursor.acked
+            records = [record for record in records if record[0] not in acked]
+        return LiteBatch(topic.epoch, records, next_offset, next_offset < log.next, gap)
 
     async def ack(self, lite_topic: str, epoch: str, offset: int, generation: int) -> None:
         if self.owned.get(lite_topic) != generation:
@@ -529,19 +535,17 @@ class _LiteMember:
         elif cursor.committed == offset - 1 and not cursor.acked and offset >= topic.log.first:
             cursor.committed = offset  # the common case: acks in order, nothing trimmed between
             return
-        committed = topic.base(cursor)
-        if offset <= committed:
-            return
+        committed = topic.base(cursor)  # may jump forward over trimmed offsets
+        acked = cursor.acked
         if offset == committed + 1:
             committed += 1
-            acked = cursor.acked
-            while acked and committed + 1 in acked:
-                committed += 1
-                acked.remove(committed)
-            if acked and min(acked) <= committed:
-                cursor.acked = {o for o in acked if o > committed}
-        else:
-            cursor.acked.add(offset)
+        elif offset > committed:
+            acked.add(offset)
+        while acked and committed + 1 in acked:
+            committed += 1
+            acked.remove(committed)
+        if acked and min(acked) <= committed:
+            cursor.acked = {o for o in acked if o > committed}
         cursor.committed = committed
 
     async def aclose(self) -> None:
@@ -774,8 +778,12 @@ class MemoryBackend:
         for name, topic in parent.topics.items():
             owners = parent.owners.get(name, {})
             for group in topic.groups.keys() | owners.keys():
-                base = topic.base(topic.groups.get(group))
-                behind = topic.log.next - 1 - base
+                cursor = topic.groups.get(group)
+                base = topic.base(cursor)
+                # An explicit start past the end leaves the base above the last offset.
+                behind = max(0, topic.log.next - 1 - base)
+                if cursor is not None and cursor.acked:
+                    behind -= len(cursor.acked)
                 backlog += behind
                 owner = owners.get(group)
                 age = now - topic.log.get(base + 1)[3] if behind else None

@@ -52,6 +52,7 @@ from ._checks import check_reject_dead_letters as check_reject_dead_letters
 from ._checks import check_resume_committed as check_resume_committed
 from ._checks import check_resume_start_positions as check_resume_start_positions
 from ._checks import check_takeover as check_takeover
+from ._checks import check_takeover_skips_acked as check_takeover_skips_acked
 from ._checks import check_ttl_expiry as check_ttl_expiry
 from ._checks import check_ttl_refreshed_by_publish as check_ttl_refreshed_by_publish
 from ._checks import check_unknown_backend as check_unknown_backend
@@ -100,6 +101,7 @@ __all__ = [
     # ---- G7 takeover and channel ends ----
     "check_channel_lifecycle",
     "check_takeover",
+    "check_takeover_skips_acked",
     # ---- G8 TTL ----
     "check_ttl_expiry",
     "check_ttl_refreshed_by_publish",

@@ -76,6 +76,7 @@ __all__ = [
     "check_resume_committed",
     "check_resume_start_positions",
     "check_takeover",
+    "check_takeover_skips_acked",
     "check_ttl_expiry",
     "check_ttl_refreshed_by_publish",
     "check_unknown_backend",
@@ -1205,6 +1206,49 @@ async def check_takeover(backend: BackendFactory) -> None:
                     _equal(owners.get((topic, _LITE_GROUP)), "gw-b", "stats() owner")
 
 
+async def check_takeover_skips_acked(backend: BackendFactory) -> None:
+    """G3 with out-of-order acks: a new owner gets only what the group has not acked, and an
+    ack made before the message under the committed offset was trimmed is not lost.
+
+    .. versionadded:: 0.1.0
+    """
+    topic = "s1"
+    with _bounded():
+        async with backend() as h, h.connect() as broker_a, h.connect() as broker_b:
+            replies_a = broker_a.lite_topics(_PARENT, max_len=3)
+            replies_b = broker_b.lite_topics(_PARENT, max_len=3)
+            for n in (1, 2, 3):
+                await replies_a.publish(topic, b"m%d" % n)
+            async with (
+                replies_a.subscriber(group=_LITE_GROUP, name="gw-a") as sub_a,
+                replies_b.subscriber(group=_LITE_GROUP, name="gw-b") as sub_b,
+            ):
+                async with _reading(await sub_a.subscribe(topic), "gw-a") as inbox_a:
+                    first = await inbox_a.get("m1 at gw-a")
+                    second = await inbox_a.get("m2 at gw-a")
+                    _equal((first.offset, second.offset), (1, 2), "gw-a reads m1, m2")
+                    await second.ack()  # out of order: m1 stays un-acked
+                    channel_b = await sub_b.subscribe(topic)
+                    await inbox_a.wait_ended("gw-a", "gw-b took the topic over")
+                async with _reading(channel_b, "gw-b") as inbox_b:
+                    got = [await inbox_b.get("un-acked m1 at gw-b")]
+                    got.append(await inbox_b.get("m3 at gw-b"))
+                    _equal([m.offset for m in got], [1, 3], "gw-b skips m2, acked by gw-a")
+                    await got[1].ack()
+                    await replies_b.publish(topic, b"m4")  # trims m1, still un-acked
+                    fourth = await inbox_b.get("m4 at gw-b")
+                    await got[
+                        0
+                    ].ack()  # m1 was trimmed meanwhile: the ack must not confuse the offset
+                    await fourth.ack()
+                    await h.settle()
+                    inbox_b.assert_empty("no acked message comes back")
+                stats = await replies_b.stats()
+                lags = {(t.lite_topic, t.group): t.backlog for t in stats.top}
+                _equal(lags.get((topic, _LITE_GROUP)), 0, "backlog once everything is acked")
+                _equal(stats.backlog, 0, "total backlog")
+
+
 async def check_channel_lifecycle(backend: BackendFactory) -> None:
     """Channels end with UNSUBSCRIBED (unsubscribe, or leaving ``async with channel``) or CLOSED
     (subscriber or broker closed); subscribing twice returns the same channel.
@@ -1996,6 +2040,7 @@ CHECKS: tuple[Check, ...] = (
     check_resume_start_positions,
     # G7 takeover
     check_takeover,
+    check_takeover_skips_acked,
     check_channel_lifecycle,
     # G8 TTL
     check_ttl_expiry,
