@@ -44,9 +44,10 @@ __all__ = [
 #: retained message, after the last message, or at an explicit offset.
 Start = Literal["committed", "earliest", "latest"] | int
 
-#: One stored lite-topic message: ``(offset, payload, headers, published_at)``. A tuple because
-#: the memory backend keeps millions of them and they are never mutated.
-LiteRecord = tuple[int, bytes, dict[str, str], float]
+#: One stored lite-topic message: ``(offset, payload, headers, published_at)``, headers ``None``
+#: when empty. A tuple of immutable values because the memory backend keeps millions of them:
+#: the garbage collector stops tracking such tuples, so retained messages cost it nothing.
+LiteRecord = tuple[int, bytes, dict[str, str] | None, float]
 
 
 @attrs.frozen

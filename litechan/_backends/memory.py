@@ -60,8 +60,9 @@ logger = structlog.get_logger("litechan")
 
 T = TypeVar("T")
 
-#: One stored ordered-topic message: ``(key, payload, headers, published_at)``.
-_OrderedRecord = tuple[str, bytes, dict[str, str], float]
+#: One stored ordered-topic message: ``(key, payload, headers, published_at)``, headers ``None``
+#: when empty so that the garbage collector can stop tracking the tuple (see ``LiteRecord``).
+_OrderedRecord = tuple[str, bytes, dict[str, str] | None, float]
 
 
 class _Log(Generic[T]):
@@ -264,7 +265,9 @@ class _GroupMember:
                 continue
             count = gp.pending[offset] + 1
             key, payload, headers, published_at = log.get(offset)
-            entry = Entry(p, offset, key, payload, headers, published_at, count, gp.generation)
+            entry = Entry(
+                p, offset, key, payload, dict(headers or {}), published_at, count, gp.generation
+            )
             if count > self.max_deliveries:
                 self._dead_letter(gp, entry, f"delivered {count - 1} times without ack")
                 continue
@@ -281,7 +284,9 @@ class _GroupMember:
             log.slice(gp.cursor, end - gp.cursor), start=gp.cursor
         ):
             gp.pending[offset] = 1
-            batch.append(Entry(p, offset, key, payload, headers, published_at, 1, generation))
+            batch.append(
+                Entry(p, offset, key, payload, dict(headers or {}), published_at, 1, generation)
+            )
         gp.cursor = end
 
     def _warn_trimmed(self, p: int, start: int, stop: int) -> None:
@@ -678,7 +683,7 @@ class MemoryBackend:
                 return Receipt(known[0].partition, known[0].offset, duplicate=True)
         log = topic.logs[partition]
         offset = log.next
-        log.append((key, payload, headers, now))
+        log.append((key, payload, headers or None, now))
         log.trim(spec.max_len)
         receipt = Receipt(partition, offset)
         if dedupe_id is not None:
@@ -755,7 +760,7 @@ class MemoryBackend:
         log = topic.log
         items = log.items
         offset = log.first + len(items) - log.start
-        items.append((offset, payload, headers, now))
+        items.append((offset, payload, headers or None, now))
         if offset - log.first >= spec.max_len:
             log.trim(spec.max_len)
         owners = parent.owners.get(lite_topic)
