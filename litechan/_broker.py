@@ -56,8 +56,12 @@ def connect(
         raise InvalidArgument(f"max_payload must be a positive int, got {max_payload!r}")
     if clock is not None and not isinstance(clock, Clock):
         raise InvalidArgument(f"clock must have time() and sleep_until(), got {clock!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise InvalidArgument(f"malformed broker URL {url!r}: {exc}") from None
     options = BackendOptions(clock=clock or SystemClock(), max_payload=max_payload)
-    return Broker(url, open_backend(urlsplit(url), options), options)
+    return Broker(url, open_backend(parts, options), options)
 
 
 @final

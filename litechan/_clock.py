@@ -89,5 +89,11 @@ class ManualClock:
             await anyio.lowlevel.checkpoint()
             return
         event = anyio.Event()
-        heapq.heappush(self._sleepers, (deadline, next(self._counter), event))
-        await event.wait()
+        item = (deadline, next(self._counter), event)
+        heapq.heappush(self._sleepers, item)
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():  # cancelled: forget the sleeper now, not at its deadline
+                self._sleepers.remove(item)
+                heapq.heapify(self._sleepers)

@@ -142,6 +142,10 @@ class KeyOrderedDispatcher:
             # A redelivery goes before keys that merely became ready: it is the oldest work.
             self._ready.appendleft(key)
 
+    def has_ready(self) -> bool:
+        """Whether :meth:`pop` would hand something out if ``max_in_flight`` allowed it."""
+        return bool(self._ready)
+
     def in_flight_of(self, partition: int) -> int:
         """How many entries of *partition* are with the application."""
         return self._in_flight_by_partition.get(partition, 0)

@@ -91,9 +91,9 @@ class LiteTopics:
         backend = self._broker._open_backend
         check_name(lite_topic, "lite topic name")
         body = check_payload(payload, self._broker._options.max_payload)
-        offset = await backend.publish(self._spec, lite_topic, body, check_headers(headers))
-        await self._broker._maybe_checkpoint()
-        return offset
+        fields = check_headers(headers)
+        await self._broker._maybe_checkpoint()  # before the write: a cancel loses nothing
+        return await backend.publish(self._spec, lite_topic, body, fields)
 
     def subscriber(self, *, group: str, name: str) -> Subscriber:
         """Return a subscriber named *name* of *group*; open it with ``async with``.
@@ -123,6 +123,7 @@ class _TopicSub:
         "lite_topic",
         "next_offset",
         "notified",
+        "pending_gap",
         "sub",
     )
 
@@ -138,6 +139,7 @@ class _TopicSub:
         self.in_ready = False
         self.end_reason: EndReason | None = None
         self.event: anyio.Event | None = None
+        self.pending_gap = 0  # missed messages not yet reported on a delivered message
         self.channel = Channel(self)
 
     async def ack(self, message: LiteMessage) -> None:
@@ -241,6 +243,7 @@ class Subscriber:
         self._member: LiteMember | None = None
         self._subs: dict[str, _TopicSub] = {}
         self._ready: deque[_TopicSub] = deque()
+        self._dead_ready = 0  # ended topics still in _ready
         self._event: anyio.Event | None = None
         self._closed = False
         self._since_checkpoint = 0
@@ -319,6 +322,12 @@ class Subscriber:
         subscription = await member.subscribe(lite_topic, start)
         if self._closed:
             raise ResourceClosed(f"subscriber {self._name!r} was closed during subscribe")
+        known = self._subs.get(lite_topic)
+        if known is not None:
+            # A concurrent subscribe of ours won the race: ownership never left this
+            # subscriber, so keep that channel and carry the newest generation.
+            known.generation = subscription.generation
+            return known.channel
         ts = _TopicSub(self, lite_topic, subscription.generation, subscription.next_offset)
         self._subs[lite_topic] = ts
         self._mark_ready(ts)
@@ -351,6 +360,16 @@ class Subscriber:
         if self._subs.get(ts.lite_topic) is ts:
             del self._subs[ts.lite_topic]
         ts.wake()
+        if ts.in_ready:
+            # Only the merged view drops ended topics from the ready FIFO; a subscriber read
+            # through channels alone must not accumulate them: compact once half are dead.
+            self._dead_ready += 1
+            if self._dead_ready > 64 and 2 * self._dead_ready > len(self._ready):
+                for dead in self._ready:
+                    if dead.end_reason is not None:
+                        dead.in_ready = False
+                self._ready = deque(t for t in self._ready if t.end_reason is None)
+                self._dead_ready = 0
 
     # -- listener (called by the backend) ------------------------------------------------------
 
@@ -389,7 +408,11 @@ class Subscriber:
         if member is None or ts.end_reason is not None:
             return
         ts.notified = False  # cleared first: a notification during the fetch sets it again
-        batch = await member.fetch(ts.lite_topic, ts.generation, ts.next_offset, _FETCH)
+        try:
+            batch = await member.fetch(ts.lite_topic, ts.generation, ts.next_offset, _FETCH)
+        except BaseException:
+            ts.notified = True  # cancelled or failed: the records are still to be read
+            raise
         if batch.ended is not None or ts.end_reason is not None:  # ended during the fetch
             if batch.ended is not None:
                 self._end(ts, batch.ended)
@@ -398,8 +421,6 @@ class Subscriber:
         ts.next_offset = batch.next_offset
         if batch.more:
             ts.notified = True
-        if not records:
-            return
         gap = batch.gap
         if gap:
             logger.warning(
@@ -410,6 +431,11 @@ class Subscriber:
                 missed=gap,
                 hint="the subscriber fell more than max_len behind",
             )
+        gap += ts.pending_gap
+        if not records:
+            ts.pending_gap = gap  # reported on the next message delivered
+            return
+        ts.pending_gap = 0
         lite_topic = ts.lite_topic
         epoch = batch.epoch
         buffer = ts.buffer
@@ -432,7 +458,6 @@ class Subscriber:
         return self
 
     async def __anext__(self) -> LiteMessage:
-        ready = self._ready
         self._since_checkpoint += 1
         if self._since_checkpoint >= _CHECKPOINT_EVERY:
             # Before taking anything: a cancellation here must not lose a message.
@@ -441,11 +466,13 @@ class Subscriber:
         while True:
             if self._closed:
                 raise StopAsyncIteration
+            ready = self._ready  # rebuilt by _end's compaction
             while ready:
                 ts = ready[0]
                 if ts.end_reason is not None:
                     ready.popleft()
                     ts.in_ready = False
+                    self._dead_ready -= 1
                 elif ts.buffer:
                     message = ts.buffer.popleft()
                     if ts.buffer or ts.notified:
@@ -456,6 +483,7 @@ class Subscriber:
                     return message
                 elif ts.notified:
                     await self._fill(ts)
+                    ready = self._ready
                 else:
                     ready.popleft()
                     ts.in_ready = False

@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
+import structlog
 
 from ._alarm import Alarm
 from ._backends.base import Entry, GroupMember, OrderedListener, OrderedSpec
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from ._broker import Broker
 
 __all__ = ["Consumer", "OrderedTopic"]
+
+logger = structlog.get_logger("litechan")
 
 #: How many ready messages a consumer hands out before it yields to the event loop once.
 _CHECKPOINT_EVERY: Final = 64
@@ -89,9 +92,8 @@ class OrderedTopic:
         if dedupe_id is not None and (type(dedupe_id) is not str or not dedupe_id):
             raise InvalidArgument(f"dedupe_id must be a non-empty str, got {dedupe_id!r}")
         partition = partition_for(key, self._spec.partitions)
-        receipt = await backend.send(self._spec, partition, key, body, fields, dedupe_id)
-        await self._broker._maybe_checkpoint()
-        return receipt
+        await self._broker._maybe_checkpoint()  # before the write: a cancel loses nothing
+        return await backend.send(self._spec, partition, key, body, fields, dedupe_id)
 
     def consumer(
         self,
@@ -101,12 +103,15 @@ class OrderedTopic:
         ordering: Literal["key", "partition"] = "key",
         max_in_flight: int = 64,
         max_deliveries: int = 10,
+        max_buffered: int = 10_000,
     ) -> Consumer:
         """Return a consumer of *group*; open it with ``async with`` and iterate it.
 
         *ordering* ``"key"`` delivers each key in order with up to *max_in_flight* messages of
         different keys out at once; ``"partition"`` delivers each partition strictly in order.
         A message delivered *max_deliveries* times and nacked again is dead-lettered.
+        *max_buffered* bounds the messages fetched and held for busy keys: a session may queue
+        that many behind its message in flight before other sessions of its partitions wait.
 
         .. versionadded:: 0.1.0
         """
@@ -116,7 +121,8 @@ class OrderedTopic:
             raise InvalidArgument(f"ordering must be 'key' or 'partition', got {ordering!r}")
         check_int(max_in_flight, "max_in_flight", 1)
         check_int(max_deliveries, "max_deliveries", 1)
-        return Consumer(self, group, name, ordering, max_in_flight, max_deliveries)
+        check_int(max_buffered, "max_buffered", 1)
+        return Consumer(self, group, name, ordering, max_in_flight, max_deliveries, max_buffered)
 
     async def dead_letters(self, group: str) -> list[DeadLetter]:
         """Messages of *group* that were rejected or exceeded ``max_deliveries``, oldest first."""
@@ -147,6 +153,7 @@ class Consumer:
         ordering: Literal["key", "partition"],
         max_in_flight: int,
         max_deliveries: int,
+        max_buffered: int,
     ) -> None:
         self._topic = topic
         self._broker = topic._broker
@@ -160,6 +167,8 @@ class Consumer:
         # Fetch more once fewer than this many are held, so a blocked key cannot hold the
         # buffer hostage for long, yet fetches stay batched.
         self._fetch_limit = max(256, 4 * max_in_flight)
+        self._max_buffered = max(max_buffered, self._fetch_limit)
+        self._warned_full = False
         self._member: GroupMember | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._alarm = Alarm(self._broker.clock, self._on_alarm)
@@ -287,15 +296,18 @@ class Consumer:
             member = self._member
             if member is None:
                 raise ResourceClosed("open the consumer with `async with` before iterating it")
-            room = self._fetch_limit - dispatcher.buffered
-            can_use_more = dispatcher.in_flight < dispatcher.max_in_flight and room > 0
-            if self._woken or can_use_more:
+            want = self._want(dispatcher)
+            if self._woken or want:
                 self._woken = False
-                batch = await member.fetch(room if can_use_more else 0)
-                for partition in batch.revoked:
-                    await self._revoke(partition)
-                for fetched in batch.entries:
-                    dispatcher.push(fetched)
+                # Shielded: entries the backend handed out must reach the dispatcher, or they
+                # would stay pending here while the key's next message went out (G1). A fetch
+                # never waits, so the shield cannot hold a cancellation up for long.
+                with anyio.CancelScope(shield=True):
+                    batch = await member.fetch(want)
+                    for partition in batch.revoked:
+                        await self._revoke(partition)
+                    for fetched in batch.entries:
+                        dispatcher.push(fetched)
                 if batch.entries or batch.revoked:
                     continue
             if self._woken:
@@ -303,6 +315,30 @@ class Consumer:
             self._since_checkpoint = 0
             event = self._event = anyio.Event()
             await event.wait()
+
+    def _want(self, dispatcher: KeyOrderedDispatcher) -> int:
+        """How many entries to fetch now (0: none; the consumer has enough to work with)."""
+        if dispatcher.in_flight >= dispatcher.max_in_flight:
+            return 0
+        room = self._fetch_limit - dispatcher.buffered
+        if room > 0:
+            return room
+        if dispatcher.has_ready():
+            return 0
+        # Everything held belongs to busy keys: keep fetching past the soft limit so that other
+        # sessions are not blocked behind one session's backlog (G2), up to max_buffered.
+        room = self._max_buffered - dispatcher.buffered
+        if room <= 0 and not self._warned_full:
+            self._warned_full = True
+            logger.warning(
+                "litechan.ordered.buffer_full",
+                topic=self._topic.name,
+                group=self._group,
+                consumer=self._name,
+                buffered=dispatcher.buffered,
+                hint="busy keys hold max_buffered messages; ack faster or raise max_buffered",
+            )
+        return max(0, min(room, self._fetch_limit))
 
     # -- settlement ----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 import litechan
 from litechan._alarm import Alarm
@@ -163,3 +164,72 @@ async def test_alarm_rearmed_earlier_fires_at_the_earlier_deadline() -> None:
             await anyio.wait_all_tasks_blocked()
             assert fired == [5.0]
             tg.cancel_scope.cancel()
+
+
+async def test_channel_only_subscribers_do_not_accumulate_ended_topics() -> None:
+    """Subscribing and unsubscribing many lite topics through channels keeps memory bounded."""
+    with anyio.fail_after(10):
+        async with litechan.connect("memory://") as broker:
+            replies = broker.lite_topics("replies")
+            async with replies.subscriber(group="g", name="s") as sub:
+                for n in range(5_000):
+                    async with await sub.subscribe(f"s{n}"):
+                        pass
+                assert sub.lite_topics == frozenset()
+                assert len(sub._ready) <= 130
+
+
+async def test_dead_letters_are_bounded_per_group() -> None:
+    """A group keeps its most recent dead letters only, and says so in a warning."""
+    with anyio.fail_after(20), capture_logs() as logs:
+        async with litechan.connect("memory://") as broker:
+            audio = broker.ordered_topic("audio", partitions=1)
+            total = memory.MAX_DEAD_LETTERS + 5
+            for n in range(total):
+                await audio.send(f"k{n}", b"x")
+            async with audio.consumer(group="g", name="c", max_in_flight=1024) as consumer:
+                rejected = 0
+                async for message in consumer:
+                    await message.reject("bad")
+                    rejected += 1
+                    if rejected == total:
+                        break
+            dead = await audio.dead_letters("g")
+    assert len(dead) == memory.MAX_DEAD_LETTERS
+    assert dead[0].offset == 6
+    assert sum(e["event"] == "litechan.ordered.dead_letter_dropped" for e in logs) == 5
+
+
+async def test_cancelled_publish_writes_nothing() -> None:
+    """A publish cancelled at its checkpoint has not stored its message (no silent duplicate)."""
+    with anyio.fail_after(5):
+        async with litechan.connect("memory://") as broker:
+            replies = broker.lite_topics("replies")
+            results: list[int | None] = []
+            for n in range(200):
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    results.append(await replies.publish("s1", b"%d" % n))
+                if scope.cancelled_caught:
+                    results.append(None)
+            stored = (await replies.stats()).top
+            assert None in results
+    offsets = [r for r in results if r is not None]
+    assert offsets == list(range(1, len(offsets) + 1))
+    assert stored == [] or stored[0].backlog == len(offsets)
+
+
+def test_malformed_url_raises_invalid_argument() -> None:
+    """A URL urllib cannot parse raises InvalidArgument, not a raw ValueError (G12)."""
+    with pytest.raises(litechan.InvalidArgument, match="malformed"):
+        litechan.connect("memory://[::1")
+
+
+async def test_manual_clock_forgets_cancelled_sleepers() -> None:
+    """A cancelled ManualClock sleep is dropped at once rather than kept until its deadline."""
+    clock = litechan.ManualClock(start=0.0)
+    with anyio.fail_after(5):
+        for n in range(100):
+            with anyio.move_on_after(0):
+                await clock.sleep_until(1_000.0 + n)
+    assert clock._sleepers == []

@@ -141,7 +141,7 @@ class _Group:
         self.name = name
         self.members: list[_GroupMember] = []
         self.parts = [_GroupPartition(log.first) for log in topic.logs]
-        self.dead: list[DeadLetter] = []
+        self.dead: deque[DeadLetter] = deque(maxlen=MAX_DEAD_LETTERS)
 
     def rebalance(self) -> None:
         """Move every partition towards ``members[p % n]``; a partition held by a live member is
@@ -322,7 +322,18 @@ class _GroupMember:
 
     def _dead_letter(self, gp: _GroupPartition, entry: Entry, reason: str) -> None:
         gp.pending.pop(entry.offset, None)
-        self.group.dead.append(
+        dead = self.group.dead
+        if len(dead) == dead.maxlen:
+            oldest = dead[0]
+            logger.warning(
+                "litechan.ordered.dead_letter_dropped",
+                topic=self.group.topic.spec.name,
+                group=self.group.name,
+                partition=oldest.partition,
+                offset=oldest.offset,
+                hint=f"a group keeps its last {MAX_DEAD_LETTERS} dead letters",
+            )
+        dead.append(
             DeadLetter(
                 key=entry.key,
                 payload=entry.payload,
@@ -516,15 +527,18 @@ class _LiteMember:
         if topic is None:
             return LiteBatch("", (), from_offset)
         log = topic.log
+        cursor = topic.groups.get(self.group)
+        acked = cursor.acked if cursor is not None else None
         gap = 0
         if from_offset < log.first:
+            # Trimmed before this read; those the group had acked (out of order) are no loss.
             gap = log.first - from_offset
+            if acked:
+                gap -= sum(1 for o in acked if from_offset <= o < log.first)
             from_offset = log.first
         records = log.slice(from_offset, max_records)
         next_offset = from_offset + len(records)
-        cursor = topic.groups.get(self.group)
-        if cursor is not None and cursor.acked:
-            acked = cursor.acked
+        if acked:
             records = [record for record in records if record[0] not in acked]
         return LiteBatch(topic.epoch, records, next_offset, next_offset < log.next, gap)
 
@@ -590,6 +604,9 @@ class _World:
 
 
 _worlds: dict[str, _World] = {}
+
+#: Dead letters kept per group (oldest dropped first, with a warning).
+MAX_DEAD_LETTERS = 10_000
 
 
 def _new_epoch() -> str:
@@ -787,11 +804,15 @@ class MemoryBackend:
                 base = topic.base(cursor)
                 # An explicit start past the end leaves the base above the last offset.
                 behind = max(0, topic.log.next - 1 - base)
+                oldest = base + 1
                 if cursor is not None and cursor.acked:
-                    behind -= len(cursor.acked)
+                    acked = cursor.acked
+                    behind -= sum(1 for o in acked if o > base)
+                    while oldest in acked:
+                        oldest += 1
                 backlog += behind
                 owner = owners.get(group)
-                age = now - topic.log.get(base + 1)[3] if behind else None
+                age = now - topic.log.get(oldest)[3] if behind else None
                 lags.append(
                     LiteTopicLag(
                         lite_topic=name,

@@ -24,6 +24,7 @@ from ._checks import check_channel_lifecycle as check_channel_lifecycle
 from ._checks import check_closed_resources as check_closed_resources
 from ._checks import check_config_mismatch as check_config_mismatch
 from ._checks import check_dedupe as check_dedupe
+from ._checks import check_gap_counts_only_unacked as check_gap_counts_only_unacked
 from ._checks import check_invalid_names as check_invalid_names
 from ._checks import check_key_order as check_key_order
 from ._checks import check_key_order_across_nack as check_key_order_across_nack
@@ -39,6 +40,7 @@ from ._checks import check_merged_iteration as check_merged_iteration
 from ._checks import check_nack_delay as check_nack_delay
 from ._checks import check_next_message_waits_for_ack as check_next_message_waits_for_ack
 from ._checks import check_no_head_of_line_blocking as check_no_head_of_line_blocking
+from ._checks import check_no_head_of_line_blocking_deep as check_no_head_of_line_blocking_deep
 from ._checks import check_no_redelivery_after_ack as check_no_redelivery_after_ack
 from ._checks import check_ordered_fencing as check_ordered_fencing
 from ._checks import check_ordered_isolation as check_ordered_isolation
@@ -82,6 +84,7 @@ __all__ = [
     # ---- G2 no head-of-line blocking ----
     "check_max_in_flight",
     "check_no_head_of_line_blocking",
+    "check_no_head_of_line_blocking_deep",
     "check_partition_ordering",
     # ---- G3 at-least-once ----
     "check_max_deliveries_dead_letters",
@@ -107,6 +110,7 @@ __all__ = [
     "check_ttl_refreshed_by_publish",
     # ---- G9 bounded retention ----
     "check_bounded_retention",
+    "check_gap_counts_only_unacked",
     # ---- G10 isolation ----
     "check_lite_isolation",
     "check_ordered_isolation",

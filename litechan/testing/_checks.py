@@ -42,6 +42,7 @@ __all__ = [
     "Check",
     "run_conformance",
     "check_bounded_retention",
+    "check_gap_counts_only_unacked",
     "check_cancelled_receive_lite",
     "check_cancelled_receive_ordered",
     "check_channel_lifecycle",
@@ -63,6 +64,7 @@ __all__ = [
     "check_nack_delay",
     "check_next_message_waits_for_ack",
     "check_no_head_of_line_blocking",
+    "check_no_head_of_line_blocking_deep",
     "check_no_redelivery_after_ack",
     "check_ordered_fencing",
     "check_ordered_isolation",
@@ -245,7 +247,12 @@ class _Inbox(Generic[M]):
         try:
             async for msg in view:
                 self.log.append(("delivered", by, msg))
-                self._send.send_nowait(_Got(by, msg))
+                try:
+                    self._send.send_nowait(_Got(by, msg))
+                except anyio.ClosedResourceError:
+                    # Torn down while messages were ready: a receive that finds a message
+                    # ready returns it without a checkpoint, so cancellation lands later.
+                    return
         finally:
             self._ended[by].set()
             with suppress(anyio.ClosedResourceError):
@@ -638,6 +645,33 @@ async def check_no_head_of_line_blocking(backend: BackendFactory) -> None:
                 slow = await inbox.get("slow#2 after slow#1 was acked")
                 _equal(slow.payload, b"slow#2", "the held key resumes")
                 await slow.ack()
+
+
+async def check_no_head_of_line_blocking_deep(backend: BackendFactory) -> None:
+    """G2 under a deep backlog: a session that queued a thousand messages behind its held one
+    does not stop another session of the same partition.
+
+    .. versionadded:: 0.1.0
+    """
+    with _bounded():
+        async with backend() as h, h.connect() as broker:
+            topic = broker.ordered_topic(_TOPIC, partitions=1)
+            for n in range(1, 1001):
+                await topic.send("chatty", _payload("chatty", n))
+            await topic.send("quiet", _payload("quiet", 1))
+            async with (
+                topic.consumer(group=_GROUP, name="w1", max_in_flight=8) as consumer,
+                _reading(consumer, "consumer w1") as inbox,
+            ):
+                held = await inbox.get("chatty#1")
+                _equal(held.payload, _payload("chatty", 1), "first message")
+                quiet = await inbox.get("quiet#1 behind chatty's backlog")
+                _equal(quiet.payload, _payload("quiet", 1), "the other session is served")
+                await quiet.ack()
+                await held.ack()
+                nxt = await inbox.get("chatty#2 after chatty#1 was acked")
+                _equal(nxt.payload, _payload("chatty", 2), "the held session resumes in order")
+                await nxt.ack()
 
 
 async def check_partition_ordering(backend: BackendFactory) -> None:
@@ -1462,6 +1496,35 @@ async def check_bounded_retention(backend: BackendFactory) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+async def check_gap_counts_only_unacked(backend: BackendFactory) -> None:
+    """G9 after a takeover: gap_before counts the trimmed messages the group had not acked,
+    not those it acked out of order, and is reported even when nothing between was left.
+
+    .. versionadded:: 0.1.0
+    """
+    topic = "s1"
+    with _bounded():
+        async with backend() as h, h.connect() as broker_a, h.connect() as broker_b:
+            replies_a = broker_a.lite_topics(_PARENT, max_len=4)
+            replies_b = broker_b.lite_topics(_PARENT, max_len=4)
+            for n in range(1, 5):
+                await replies_a.publish(topic, b"m%d" % n)
+            async with (
+                replies_a.subscriber(group=_LITE_GROUP, name="gw-a") as sub_a,
+                replies_b.subscriber(group=_LITE_GROUP, name="gw-b") as sub_b,
+            ):
+                async with _reading(await sub_a.subscribe(topic), "gw-a") as inbox_a:
+                    got = await inbox_a.take(4, "m1..m4 at gw-a")
+                    for message in got[1:]:
+                        await message.ack()  # m1 stays un-acked
+                for n in range(5, 9):
+                    await replies_a.publish(topic, b"m%d" % n)  # m1..m4 are trimmed
+                async with _reading(await sub_b.subscribe(topic), "gw-b") as inbox_b:
+                    first = await inbox_b.get("the first retained message at gw-b")
+                    _equal(first.offset, 5, "gw-b resumes at the first retained message")
+                    _equal(first.gap_before, 1, "gap_before counts only un-acked m1")
+
+
 async def check_lite_isolation(backend: BackendFactory) -> None:
     """G10: lite topics, parents and worlds never see each other's messages, and two groups each
     get every message with their own offsets.
@@ -2021,6 +2084,7 @@ CHECKS: tuple[Check, ...] = (
     check_key_order_across_rebalance,
     # G2 no head-of-line blocking
     check_no_head_of_line_blocking,
+    check_no_head_of_line_blocking_deep,
     check_partition_ordering,
     check_max_in_flight,
     # G3 at-least-once
@@ -2047,6 +2111,7 @@ CHECKS: tuple[Check, ...] = (
     check_ttl_refreshed_by_publish,
     # G9 bounded retention
     check_bounded_retention,
+    check_gap_counts_only_unacked,
     # G10 isolation
     check_lite_isolation,
     check_ordered_isolation,
