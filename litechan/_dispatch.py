@@ -118,6 +118,13 @@ class KeyOrderedDispatcher:
         if key in self._queues:
             self._ready.append(key)
 
+    def push_delayed(self, entry: Entry, due: float) -> None:
+        """Queue a fetched entry that may not go out before *due* (a nack delay this consumer
+        gave it earlier); its key is held until then."""
+        self._busy.add(self._key_of(entry))
+        heapq.heappush(self._delayed, (due, next(self._counter), entry))
+        self.buffered += 1
+
     def retry(self, entry: Entry, due: float) -> None:
         """The application nacked *entry*: deliver it again at *due*, ahead of its key's queue."""
         self._leave_flight(entry)
@@ -149,6 +156,18 @@ class KeyOrderedDispatcher:
     def in_flight_of(self, partition: int) -> int:
         """How many entries of *partition* are with the application."""
         return self._in_flight_by_partition.get(partition, 0)
+
+    def delayed_entries(self, partition: int) -> list[tuple[float, Entry]]:
+        """The entries of *partition* waiting on a retry delay, with their due times."""
+        return [(due, e) for due, _, e in self._delayed if e.partition == partition]
+
+    def holds(self, partition: int) -> bool:
+        """Whether any entry of *partition* is out, queued or waiting on a retry delay."""
+        return (
+            partition in self._in_flight_by_partition
+            or any(item[2].partition == partition for item in self._delayed)
+            or any(e.partition == partition for q in self._queues.values() for e in q)
+        )
 
     def drop_partition(self, partition: int) -> list[Entry]:
         """Forget every held entry of *partition* (queued or awaiting retry) and return them."""

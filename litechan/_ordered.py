@@ -175,6 +175,7 @@ class Consumer:
         self._woken = True
         self._event: anyio.Event | None = None
         self._revoking: dict[int, list[Entry]] = {}
+        self._not_before: dict[tuple[int, int], float] = {}  # retries handed back, by position
         self._closed = False
         self._since_checkpoint = 0
 
@@ -307,7 +308,7 @@ class Consumer:
                     for partition in batch.revoked:
                         await self._revoke(partition)
                     for fetched in batch.entries:
-                        dispatcher.push(fetched)
+                        self._push(fetched)
                 if batch.entries or batch.revoked:
                     continue
             if self._woken:
@@ -315,6 +316,19 @@ class Consumer:
             self._since_checkpoint = 0
             event = self._event = anyio.Event()
             await event.wait()
+
+    def _push(self, entry: Entry) -> None:
+        due = (
+            self._not_before.pop((entry.partition, entry.offset), None)
+            if self._not_before
+            else None
+        )
+        if due is not None and due > self._broker.clock.time():
+            # A retry this consumer handed back with its partition came back to it.
+            self._dispatcher.push_delayed(entry, due)
+            self._alarm.arm(due)
+        else:
+            self._dispatcher.push(entry)
 
     def _want(self, dispatcher: KeyOrderedDispatcher) -> int:
         """How many entries to fetch now (0: none; the consumer has enough to work with)."""
@@ -343,11 +357,27 @@ class Consumer:
     # -- settlement ----------------------------------------------------------------------------
 
     async def _revoke(self, partition: int) -> None:
-        dropped = self._dispatcher.drop_partition(partition)
-        if self._dispatcher.in_flight_of(partition) == 0:
+        # Retries waiting on a nack delay are handed back too: the next owner redelivers them
+        # at once. Keeping them here would hold every other session of the partition until
+        # the delay ran out (G2 matters more than the length of a retry delay).
+        dispatcher = self._dispatcher
+        now = self._broker.clock.time()
+        for due, entry in dispatcher.delayed_entries(partition):
+            if due > now:
+                self._remember_delay(entry, due)
+        dropped = dispatcher.drop_partition(partition)
+        if not dispatcher.holds(partition):
             await self._release(partition, dropped)
         else:
             self._revoking[partition] = dropped
+
+    def _remember_delay(self, entry: Entry, due: float) -> None:
+        # Should the partition come back to this consumer, the retry still waits for its due
+        # time (a new owner delivers it at once). Forget what is past due now and then.
+        if len(self._not_before) >= 1024:
+            now = self._broker.clock.time()
+            self._not_before = {k: d for k, d in self._not_before.items() if d > now}
+        self._not_before[(entry.partition, entry.offset)] = due
 
     async def _release(self, partition: int, undelivered: Sequence[Entry]) -> None:
         if self._member is not None and not self._closed:
@@ -355,7 +385,9 @@ class Consumer:
 
     async def _after_settle(self, entry: Entry) -> None:
         partition = entry.partition
-        if partition in self._revoking and self._dispatcher.in_flight_of(partition) == 0:
+        # A revoked partition is released once nothing of it is left here: not out with the
+        # application, not waiting on a retry delay, not queued as a retry that came due.
+        if partition in self._revoking and not self._dispatcher.holds(partition):
             await self._release(partition, self._revoking.pop(partition))
         self._set_event()
 
@@ -404,6 +436,8 @@ class Consumer:
         dispatcher.retry(entry, due)
         partition = entry.partition
         if partition in self._revoking:
+            if seconds:
+                self._remember_delay(entry, due)
             self._revoking[partition].extend(dispatcher.drop_partition(partition))
         elif seconds == 0:
             dispatcher.release_due(due)
