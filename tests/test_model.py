@@ -216,3 +216,14 @@ def test_lite_model_explicit_start_repositions_the_group() -> None:
     assert model.lagging() == [model.topics["s"]]
     model.deliver(outcome.channel, "s", offset=3, epoch=1, gap_before=0)
     assert model.backlogs("s") == {1}
+
+
+def test_ordered_model_lets_a_new_owner_skip_a_nack_delay() -> None:
+    """A nack delay binds the consumer that nacked; the partition's next owner may deliver early."""
+    model = OrderedModel(1, now=100.0)
+    model.open("a")
+    model.send("k", b"1")
+    model.deliver("a", key="k", partition=0, offset=1, payload=b"1", headers={}, delivery_count=1)
+    model.open("b")
+    model.nack("a", 0, 1, delay=2.0)
+    model.deliver("b", key="k", partition=0, offset=1, payload=b"1", headers={}, delivery_count=2)

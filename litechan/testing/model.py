@@ -40,8 +40,8 @@ Model choices where the contract leaves room (each is what the memory backend do
   publish creates it;
 * a message delivered ``max_deliveries`` times that is nacked, or whose consumer crashes, is
   dead-lettered instead of delivered again;
-* a consumer crash may drop the nack delay of the messages it held back (they are redelivered as
-  soon as the next owner can); a rebalance may not;
+* a nack delay binds the consumer that nacked: when a crash or a rebalance moves the partition,
+  the next owner may redeliver the message at once (no session waits for another's retry, G2);
 * a lite topic's backlog in stats is ``last - committed``, or that with trimmed messages, or
   trimmed and acked ones, taken off.
 
@@ -111,8 +111,9 @@ class SentMessage:
 
     ``state`` is ``"pending"`` until it is acked or dead-lettered; ``holder`` is the consumer
     it is delivered to (not yet settled); ``deliveries`` the ``delivery_count`` of its last
-    observed delivery. It may not be delivered again before ``not_before`` and must be
-    deliverable from ``due`` on (a nack delay).
+    observed delivery. It may not be delivered again before ``not_before`` by ``nacked_by``
+    (the consumer that nacked it: a delay binds that consumer only) and must be deliverable
+    from ``due`` on (a nack delay).
 
     .. versionadded:: 0.1.0
     """
