@@ -8,7 +8,7 @@ Layout (each concern lives in one place):
 * ``_lite``      — reply side: :class:`LiteTopics`, :class:`Subscriber`, :class:`Channel`.
 * ``_types``     — values handed to applications: messages, receipts, stats, end reasons.
 * ``_names``     — validation of names, keys, payloads; ``_hashing`` the partition function;
-  ``_clock`` injectable time; ``_errors`` the exception tree.
+  ``_clock`` injectable time; ``_pacing`` when hot paths yield; ``_errors`` the exception tree.
 * ``_backends``  — the internal backend interface (``base.Backend``) and its implementations,
   chosen by URL scheme and imported lazily (``memory``).
 * ``litechan.testing`` — the conformance kit every backend must pass, and ``ManualClock``.

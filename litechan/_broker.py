@@ -13,13 +13,13 @@ from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 from ._backends import open_backend
 from ._backends.base import Backend, BackendOptions, LiteSpec, OrderedSpec
 from ._clock import Clock, SystemClock
 from ._errors import InvalidArgument, ResourceClosed
 from ._names import check_int, check_name, check_seconds
+from ._pacing import Pacer
 
 if TYPE_CHECKING:
     from ._lite import LiteTopics
@@ -29,7 +29,6 @@ __all__ = ["Broker", "connect"]
 
 DEFAULT_MAX_PAYLOAD: Final = 1 << 20
 MAX_PARTITIONS: Final = 4096
-_CHECKPOINT_EVERY: Final = 64
 
 
 def connect(
@@ -83,7 +82,8 @@ class Broker:
         self._ordered: dict[str, OrderedTopic] = {}
         self._lite: dict[str, LiteTopics] = {}
         self._resources: set[_Closable] = set()
-        self._ops = 0
+        # publish/send on a backend that does not suspend must still yield now and then.
+        self._pacer = Pacer()
 
     def __repr__(self) -> str:
         return f"<litechan.Broker {self._url!r} {self._state}>"
@@ -149,14 +149,6 @@ class Broker:
                 "use it inside `async with litechan.connect(...)`"
             )
         return self._backend
-
-    async def _maybe_checkpoint(self) -> None:
-        # A backend call that did not suspend (memory) is not a checkpoint; yield once every
-        # so often so that a tight publish loop cannot starve the tasks that consume.
-        self._ops += 1
-        if self._ops >= _CHECKPOINT_EVERY:
-            self._ops = 0
-            await anyio.lowlevel.checkpoint()
 
     def _register(self, resource: _Closable) -> None:
         self._resources.add(resource)

@@ -153,10 +153,6 @@ class KeyOrderedDispatcher:
         """Whether :meth:`pop` would hand something out if ``max_in_flight`` allowed it."""
         return bool(self._ready)
 
-    def in_flight_of(self, partition: int) -> int:
-        """How many entries of *partition* are with the application."""
-        return self._in_flight_by_partition.get(partition, 0)
-
     def delayed_entries(self, partition: int) -> list[tuple[float, Entry]]:
         """The entries of *partition* waiting on a retry delay, with their due times."""
         return [(due, e) for due, _, e in self._delayed if e.partition == partition]

@@ -26,6 +26,7 @@ import structlog
 from ._backends.base import LiteListener, LiteMember, LiteSpec, Start
 from ._errors import InvalidArgument, ResourceClosed
 from ._names import check_headers, check_int, check_name, check_payload
+from ._pacing import Pacer
 from ._types import EndReason, LiteMessage, LiteTopicsStats
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ logger = structlog.get_logger("litechan")
 
 #: Records pulled from the backend per fetch of one lite topic.
 _FETCH: Final = 256
-#: Messages a view hands out before it yields to the event loop once.
-_CHECKPOINT_EVERY: Final = 64
 _STARTS: Final = frozenset({"committed", "earliest", "latest"})
 
 
@@ -92,7 +91,8 @@ class LiteTopics:
         check_name(lite_topic, "lite topic name")
         body = check_payload(payload, self._broker._options.max_payload)
         fields = check_headers(headers)
-        await self._broker._maybe_checkpoint()  # before the write: a cancel loses nothing
+        if self._broker._pacer.due():
+            await anyio.lowlevel.checkpoint()  # before the write: a cancel loses nothing
         return await backend.publish(self._spec, lite_topic, body, fields)
 
     def subscriber(self, *, group: str, name: str) -> Subscriber:
@@ -163,11 +163,11 @@ class Channel:
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_since_checkpoint", "_ts")
+    __slots__ = ("_pacer", "_ts")
 
     def __init__(self, ts: _TopicSub) -> None:
         self._ts = ts
-        self._since_checkpoint = 0
+        self._pacer = Pacer()
 
     def __repr__(self) -> str:
         return f"<litechan.Channel {self._ts.lite_topic!r} end_reason={self._ts.end_reason}>"
@@ -206,11 +206,8 @@ class Channel:
         ts = self._ts
         while True:
             if ts.buffer:
-                self._since_checkpoint += 1
-                if self._since_checkpoint >= _CHECKPOINT_EVERY:
-                    # Before taking anything: a cancellation here must not lose a message.
-                    self._since_checkpoint = 0
-                    await anyio.lowlevel.checkpoint()
+                if self._pacer.due():
+                    await anyio.lowlevel.checkpoint()  # before taking anything (see _pacing)
                     continue
                 return ts.buffer.popleft()
             if ts.end_reason is not None:
@@ -218,7 +215,7 @@ class Channel:
             if ts.notified:
                 await ts.sub._fill(ts)
                 continue
-            self._since_checkpoint = 0
+            self._pacer.reset()
             event = ts.event = anyio.Event()
             await event.wait()
 
@@ -246,7 +243,7 @@ class Subscriber:
         self._dead_ready = 0  # ended topics still in _ready
         self._event: anyio.Event | None = None
         self._closed = False
-        self._since_checkpoint = 0
+        self._pacer = Pacer()
 
     def __repr__(self) -> str:
         return f"<litechan.Subscriber {self._topics.parent}/{self._group}/{self._name}>"
@@ -458,11 +455,8 @@ class Subscriber:
         return self
 
     async def __anext__(self) -> LiteMessage:
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= _CHECKPOINT_EVERY:
-            # Before taking anything: a cancellation here must not lose a message.
-            self._since_checkpoint = 0
-            await anyio.lowlevel.checkpoint()
+        if self._pacer.due():
+            await anyio.lowlevel.checkpoint()  # before taking anything (see _pacing)
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -487,6 +481,6 @@ class Subscriber:
                 else:
                     ready.popleft()
                     ts.in_ready = False
-            self._since_checkpoint = 0
+            self._pacer.reset()
             event = self._event = anyio.Event()
             await event.wait()

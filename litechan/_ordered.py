@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal, Self, final
+from typing import TYPE_CHECKING, Literal, Self, final
 
 import anyio
 import anyio.abc
@@ -26,6 +26,7 @@ from ._dispatch import KeyOrderedDispatcher, by_key, by_partition
 from ._errors import InvalidArgument, ResourceClosed
 from ._hashing import partition_for
 from ._names import check_headers, check_int, check_key, check_name, check_payload, check_seconds
+from ._pacing import Pacer
 from ._types import DeadLetter, Message, OrderedTopicStats, Receipt
 
 if TYPE_CHECKING:
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["Consumer", "OrderedTopic"]
 
 logger = structlog.get_logger("litechan")
-
-#: How many ready messages a consumer hands out before it yields to the event loop once.
-_CHECKPOINT_EVERY: Final = 64
 
 
 @final
@@ -63,10 +61,6 @@ class OrderedTopic:
         """The number of partitions."""
         return self._spec.partitions
 
-    def partition_of(self, key: str) -> int:
-        """The partition *key* lands in (:func:`litechan.partition_for`)."""
-        return partition_for(check_key(key), self._spec.partitions)
-
     async def send(
         self,
         key: str,
@@ -92,7 +86,8 @@ class OrderedTopic:
         if dedupe_id is not None and (type(dedupe_id) is not str or not dedupe_id):
             raise InvalidArgument(f"dedupe_id must be a non-empty str, got {dedupe_id!r}")
         partition = partition_for(key, self._spec.partitions)
-        await self._broker._maybe_checkpoint()  # before the write: a cancel loses nothing
+        if self._broker._pacer.due():
+            await anyio.lowlevel.checkpoint()  # before the write: a cancel loses nothing
         return await backend.send(self._spec, partition, key, body, fields, dedupe_id)
 
     def consumer(
@@ -177,7 +172,7 @@ class Consumer:
         self._revoking: dict[int, list[Entry]] = {}
         self._not_before: dict[tuple[int, int], float] = {}  # retries handed back, by position
         self._closed = False
-        self._since_checkpoint = 0
+        self._pacer = Pacer()
 
     def __repr__(self) -> str:
         return f"<litechan.Consumer {self._topic.name}/{self._group}/{self._name}>"
@@ -283,11 +278,8 @@ class Consumer:
 
     async def __anext__(self) -> Message:
         dispatcher = self._dispatcher
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= _CHECKPOINT_EVERY:
-            # Before taking anything: a cancellation here must not lose a message.
-            self._since_checkpoint = 0
-            await anyio.lowlevel.checkpoint()
+        if self._pacer.due():
+            await anyio.lowlevel.checkpoint()  # before taking anything (see _pacing)
         while True:
             if self._closed:
                 raise StopAsyncIteration
@@ -313,7 +305,7 @@ class Consumer:
                     continue
             if self._woken:
                 continue
-            self._since_checkpoint = 0
+            self._pacer.reset()
             event = self._event = anyio.Event()
             await event.wait()
 

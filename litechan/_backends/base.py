@@ -15,7 +15,7 @@ a lagging subscriber read straight from retained storage (so trimming is seen as
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import anyio.abc
 import attrs
@@ -115,9 +115,9 @@ class Subscription:
     next_offset: int
 
 
-@attrs.frozen
-class LiteBatch:
-    """What :meth:`LiteMember.fetch` returns.
+class LiteBatch(NamedTuple):
+    """What :meth:`LiteMember.fetch` returns (a NamedTuple: one is made per fetch, and with
+    round-robin traffic over many sessions that is one per message).
 
     ``records`` skips messages the group already acked (an ack above the committed offset,
     made by a previous owner), so they are not delivered twice (G3). ``next_offset`` is where

@@ -204,18 +204,15 @@ class _GroupMember:
         "name",
         "owned",
         "to_revoke",
-        "world",
     )
 
     def __init__(
         self,
-        world: _World,
         group: _Group,
         name: str,
         max_deliveries: int,
         listener: OrderedListener,
     ) -> None:
-        self.world = world
         self.group = group
         self.name = name
         self.max_deliveries = max_deliveries
@@ -725,7 +722,7 @@ class MemoryBackend:
         state = topic.groups.get(group)
         if state is None:
             state = topic.groups[group] = _Group(topic, group)
-        member = _GroupMember(self.world, state, name, max_deliveries, listener)
+        member = _GroupMember(state, name, max_deliveries, listener)
         state.members.append(member)
         state.rebalance()
         return member

@@ -56,7 +56,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Hashable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
@@ -1005,6 +1013,30 @@ class _World:
 
     # -- actors ---------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _supervised(
+        self, closed: anyio.Event, what: str, task_status: anyio.abc.TaskStatus[None]
+    ) -> Iterator[Callable[[], None]]:
+        """Run an actor's body: it calls the yielded function once its resource is open. An
+        error before that fails the rule; after it, it is recorded as a model error. The
+        actor's *closed* event is set however the body ends."""
+        started = False
+
+        def mark_started() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
+        try:
+            yield mark_started
+        except Exception as exc:
+            if not started:
+                raise
+            self.errors.append(f"{what} raised {exc!r}")
+        finally:
+            closed.set()
+            self._poke()
+
     async def _run_consumer(
         self,
         slot: _ConsumerSlot,
@@ -1012,8 +1044,7 @@ class _World:
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         cfg = self.cfg
-        started = False
-        try:
+        with self._supervised(slot.closed, f"consumer {slot.name!r}", task_status) as started:
             async with self.audio[slot.broker].consumer(
                 group=_GROUP,
                 name=slot.name,
@@ -1024,20 +1055,12 @@ class _World:
                 slot.handle = consumer
                 with anyio.CancelScope() as scope:
                     slot.scope = scope
-                    started = True
-                    task_status.started()
+                    started()
                     async for message in consumer:
                         slot.inbox.append(message)
                         self._poke()
                     if not slot.dying:
                         self.errors.append(f"consumer {slot.name!r}: iteration stopped while open")
-        except Exception as exc:
-            if not started:
-                raise
-            self.errors.append(f"consumer {slot.name!r} raised {exc!r}")
-        finally:
-            slot.closed.set()
-            self._poke()
 
     async def _run_subscriber(
         self,
@@ -1045,22 +1068,13 @@ class _World:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        started = False
-        try:
+        with self._supervised(slot.closed, f"subscriber {slot.name!r}", task_status) as started:
             async with self.replies[slot.broker].subscriber(
                 group=_LITE_GROUP, name=slot.name
             ) as subscriber:
                 slot.handle = subscriber
-                started = True
-                task_status.started()
+                started()
                 await slot.stop.wait()
-        except Exception as exc:
-            if not started:
-                raise
-            self.errors.append(f"subscriber {slot.name!r} raised {exc!r}")
-        finally:
-            slot.closed.set()
-            self._poke()
 
     async def _pump(self, pump: _ChannelPump) -> None:
         try:
@@ -1087,20 +1101,11 @@ class _World:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        started = False
-        try:
+        with self._supervised(slot.closed, "a broker", task_status) as started:
             async with self.h.connect() as broker:
                 slot.broker = broker
-                started = True
-                task_status.started()
+                started()
                 await slot.stop.wait()
-        except Exception as exc:
-            if not started:
-                raise
-            self.errors.append(f"closing a broker raised {exc!r}")
-        finally:
-            slot.closed.set()
-            self._poke()
 
     async def start(self) -> None:
         for slot in self.brokers:
