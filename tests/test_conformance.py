@@ -1,4 +1,5 @@
-"""The conformance kit (``litechan.testing``) run on the memory backend, on asyncio and trio."""
+"""The conformance kit (``litechan.testing``) run on the memory backend (asyncio and trio) and on
+a real redis-server started by the test suite (asyncio: redis-py's client is asyncio-only)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import anyio
 import pytest
 
 import litechan.testing
-from litechan.testing import CHECKS, BackendFactory, Check, _checks, memory_backend, run_conformance
+from litechan.testing import (
+    CHECKS,
+    BackendFactory,
+    Check,
+    _checks,
+    memory_backend,
+    redis_backend,
+    run_conformance,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -18,6 +27,14 @@ async def test_memory_backend_passes(check: Check) -> None:
     """The memory backend meets the guarantee the check verifies."""
     with anyio.fail_after(60):
         await check(memory_backend)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("check", CHECKS, ids=[check.__name__ for check in CHECKS])
+async def test_redis_backend_passes(check: Check, redis_base_url: str) -> None:
+    """The Redis backend meets the guarantee the check verifies, against a real redis-server."""
+    with anyio.fail_after(90):
+        await check(redis_backend(redis_base_url))
 
 
 def test_checks_lists_every_check() -> None:

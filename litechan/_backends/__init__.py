@@ -18,6 +18,9 @@ __all__ = ["known_schemes", "open_backend"]
 
 _REGISTRY: Final[dict[str, str]] = {
     "memory": "litechan._backends.memory:MemoryBackend",
+    "redis": "litechan._backends.redis:RedisBackend",
+    "rediss": "litechan._backends.redis:RedisBackend",
+    "unix": "litechan._backends.redis:RedisBackend",
 }
 
 

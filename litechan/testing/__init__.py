@@ -62,6 +62,7 @@ from ._checks import run_conformance as run_conformance
 from ._harness import BackendFactory as BackendFactory
 from ._harness import Harness as Harness
 from ._harness import memory_backend as memory_backend
+from ._harness import redis_backend as redis_backend
 
 __all__ = [
     # ---- running the kit ----
@@ -73,6 +74,7 @@ __all__ = [
     "Harness",
     "ManualClock",
     "memory_backend",
+    "redis_backend",
     # ---- messages as delivered ----
     "check_lite_message_fields",
     "check_ordered_message_fields",

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeAlias, final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import anyio.lowlevel
@@ -23,7 +24,7 @@ import litechan
 
 from .._clock import ManualClock
 
-__all__ = ["BackendFactory", "Harness", "memory_backend"]
+__all__ = ["BackendFactory", "Harness", "memory_backend", "redis_backend"]
 
 # How many plain checkpoints settle() runs before anyio.wait_all_tasks_blocked(): on asyncio the
 # latter sleeps 0.1 s whenever some task is still runnable, so letting the wake-up chain of one
@@ -116,3 +117,49 @@ async def memory_backend() -> AsyncIterator[Harness]:
     harness = Harness(url=f"memory://kit-{uuid.uuid4().hex}", clock=ManualClock())
     async with harness.connect():
         yield harness
+
+
+def redis_backend(url: str, *, settle_time: float = 0.05) -> BackendFactory:
+    """A :data:`BackendFactory` for the Redis server at *url* (``redis://``, ``rediss://``,
+    ``unix://``; asyncio only).
+
+    Each call opens a fresh namespace (``namespace=kit-<uuid>`` added to the URL's query, which
+    may carry other options such as ``lease``) and deletes its keys afterwards. Time is real:
+    the server expires keys itself, so :meth:`Harness.advance` sleeps, and :meth:`Harness.settle`
+    waits *settle_time* for notes to come back from the server.
+
+    .. versionadded:: 0.2.0
+    """
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Harness]:
+        namespace = f"kit-{uuid.uuid4().hex[:16]}"
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "namespace"]
+        query.append(("namespace", namespace))
+        harness = Harness(
+            url=urlunsplit(parts._replace(query=urlencode(query))), settle_time=settle_time
+        )
+        try:
+            yield harness
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _delete_namespace(harness.url, namespace)
+
+    return factory
+
+
+async def _delete_namespace(url: str, namespace: str) -> None:
+    """Remove every key of *namespace* (what a check left behind) from the server at *url*."""
+    import redis.asyncio
+
+    from .._backends.redis._options import parse_url
+
+    client = redis.asyncio.Redis.from_url(parse_url(urlsplit(url)).client_url)
+    try:
+        for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
+            keys = [key async for key in client.scan_iter(match=pattern, count=1000)]
+            for i in range(0, len(keys), 1000):
+                await client.unlink(*keys[i : i + 1000])
+    finally:
+        await client.aclose()

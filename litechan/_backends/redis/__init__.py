@@ -1,0 +1,323 @@
+"""The Redis Streams backend (``redis://``, ``rediss://``, ``unix://``).
+
+Several gateway and worker processes on several machines share one Redis server; every
+guarantee of the memory backend holds across them (the same conformance kit and state machine
+run against both). The layout, the scripts and the measurements behind them are described in
+docs/design.md; in short:
+
+* ``_client``: one auto-batching connection per broker (commands of all tasks coalesced into
+  pipelines, acks coalesced per topic), redis-py errors translated, outages retried.
+* ``_notes``: one pub/sub connection per broker carrying the notes scripts publish to it.
+* ``_lite`` and ``_ordered``: lite topics and ordered topics.
+
+redis-py's asyncio client runs on asyncio only: under trio, opening a broker raises
+:class:`~litechan.InvalidArgument` saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable
+from typing import Final, TypeVar
+from urllib.parse import SplitResult
+
+import anyio.abc
+import structlog
+
+from ..._errors import ConfigMismatch, InvalidArgument, LitechanError
+from ..._types import DeadLetter, LiteTopicsStats, OrderedTopicStats, Receipt
+from ..base import (
+    BackendOptions,
+    LiteListener,
+    LiteSpec,
+    OrderedListener,
+    OrderedSpec,
+)
+from ._client import Client, connection_pool, translate
+from ._lite import RedisLiteMember, RedisLiteTopics, encode_lite
+from ._notes import Notes
+from ._options import RedisOptions, parse_url
+from ._ordered import RedisGroupMember, RedisOrderedTopic
+from ._scripts import SCRIPTS, SPEC
+
+__all__ = ["RedisBackend"]
+
+logger = structlog.get_logger("litechan")
+
+_NOT_ASYNCIO: Final = (
+    "the Redis backend runs on asyncio only (it uses redis-py's asyncio client), but this "
+    "broker was opened under another event loop (trio?); run it under asyncio "
+    "(anyio.run(..., backend='asyncio')) or use memory:// there"
+)
+
+
+class RedisBackend:
+    """The Redis backend (implements ``Backend``)."""
+
+    def __init__(self, url: SplitResult, options: BackendOptions) -> None:
+        self._options: RedisOptions = parse_url(url)
+        self._backend_options = options
+        self._ns = self._options.namespace
+        self._id = secrets.token_hex(6)
+        self._channel = f"{self._ns}:n:{self._id}"
+        self._client: Client | None = None
+        self._notes: Notes | None = None
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._ordered: dict[str, RedisOrderedTopic] = {}
+        self._parents: dict[str, RedisLiteTopics] = {}
+        self._lite_members: dict[str, RedisLiteMember] = {}
+        self._group_members: dict[str, RedisGroupMember] = {}
+        self._serial = 0
+        self._world = b""
+
+    @property
+    def client(self) -> Client:
+        assert self._client is not None, "backend used before start()"  # the broker ensures it
+        return self._client
+
+    def _next_id(self) -> str:
+        self._serial += 1
+        return f"{self._id}.{self._serial}"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise InvalidArgument(_NOT_ASYNCIO) from None
+        client = Client(self._options, connection_pool(self._options))
+        for script in SCRIPTS:
+            client.register(script)
+        self._client = client
+        self._task_group = task_group
+        try:
+            await client.start(task_group)
+            self._world = await self._world_marker()
+            self._notes = Notes(client, self._channel, self._on_note, self._on_connect)
+            await self._notes.start(task_group)
+        except LitechanError:
+            await client.aclose()
+            raise
+        except Exception as exc:
+            await client.aclose()
+            raise translate(exc, "starting the Redis backend") from None
+
+    async def aclose(self) -> None:
+        for group_member in list(self._group_members.values()):
+            await group_member.aclose(())
+        for lite_member in list(self._lite_members.values()):
+            await lite_member.aclose()
+        if self._notes is not None:
+            await self._notes.aclose()
+        if self._client is not None:
+            await self._client.drain()
+            await self._client.aclose()
+
+    async def _world_marker(self) -> bytes:
+        """The id of the data this server holds for the namespace (new after a data loss)."""
+        key = f"{self._ns}:world"
+        await self.client.call("SET", key, secrets.token_hex(8), "NX")
+        marker: bytes = await self.client.call("GET", key)
+        return marker
+
+    async def _on_connect(self, first: bool) -> None:
+        if first:
+            return
+        world = await self._world_marker()
+        if world != self._world:
+            self._world = world
+            logger.warning(
+                "litechan.redis.data_lost",
+                namespace=self._ns,
+                hint="the server came back without litechan's data (restarted without "
+                "persistence?): lite topics start again with new epochs",
+            )
+            for parent in self._parents.values():
+                parent.checked = False
+            for topic in self._ordered.values():
+                topic.checked = False
+            for member in list(self._lite_members.values()):
+                member.lost_everything()
+        for member in list(self._lite_members.values()):
+            await member.reconcile()
+        for group_member in list(self._group_members.values()):
+            group_member.on_reconnect()
+
+    def _on_note(self, note: bytes) -> None:
+        kind = note[:1]
+        if kind == b"D":
+            _, member_id, generation, topic, epoch, offset, body = note.split(b"|", 6)
+            member = self._lite_members.get(member_id.decode())
+            if member is not None:
+                member.on_data(topic.decode(), int(generation), epoch.decode(), int(offset), body)
+        elif kind == b"W":
+            _, member_id, _, partition, _ = note.split(b"|", 4)
+            group_member = self._group_members.get(member_id.decode())
+            if group_member is not None:
+                group_member.on_wake(int(partition))
+        elif kind == b"R":
+            _, member_id, generation, topic = note.split(b"|", 3)
+            member = self._lite_members.get(member_id.decode())
+            if member is not None:
+                member.on_revoked(topic.decode(), int(generation))
+
+    # -- declarations ------------------------------------------------------------------------------
+
+    def declare_ordered(self, spec: OrderedSpec) -> None:
+        known = self._ordered.get(spec.name)
+        if known is None:
+            self._ordered[spec.name] = RedisOrderedTopic(self.client, self._ns, spec)
+        elif known.spec != spec:
+            raise ConfigMismatch(_mismatch("ordered topic", spec.name, _describe(known.spec)))
+
+    def declare_lite(self, spec: LiteSpec) -> None:
+        known = self._parents.get(spec.parent)
+        if known is None:
+            self._parents[spec.parent] = RedisLiteTopics(self.client, self._ns, spec, self._channel)
+        elif known.spec != spec:
+            raise ConfigMismatch(_mismatch("lite-topic parent", spec.parent, _describe(known.spec)))
+
+    async def _check_spec(self, key: str, described: str, what: str, name: str) -> None:
+        stored = (await self.client.run(SPEC, (key,), (described,))).decode()
+        if stored != described:
+            raise ConfigMismatch(_mismatch(what, name, stored))
+
+    async def _ordered_topic(self, spec: OrderedSpec) -> RedisOrderedTopic:
+        topic = self._ordered[spec.name]
+        if topic.spec != spec:
+            raise ConfigMismatch(_mismatch("ordered topic", spec.name, _describe(topic.spec)))
+        if not topic.checked:
+            await self._check_spec(
+                f"{self._ns}:spec:o:{spec.name}", _describe(spec), "ordered topic", spec.name
+            )
+            topic.checked = True
+        return topic
+
+    async def _parent(self, spec: LiteSpec) -> RedisLiteTopics:
+        parent = self._parents[spec.parent]
+        if parent.spec != spec:
+            raise ConfigMismatch(
+                _mismatch("lite-topic parent", spec.parent, _describe(parent.spec))
+            )
+        if not parent.checked:
+            await self._check_spec(
+                f"{self._ns}:spec:l:{spec.parent}",
+                _describe(spec),
+                "lite-topic parent",
+                spec.parent,
+            )
+            parent.checked = True
+        return parent
+
+    # -- ordered topics ----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        spec: OrderedSpec,
+        partition: int,
+        key: str,
+        payload: bytes,
+        headers: dict[str, str],
+        dedupe_id: str | None,
+    ) -> Receipt:
+        topic = await self._ordered_topic(spec)
+        now = self._backend_options.clock.time()
+        return await _translated(topic.send(partition, key, payload, headers, dedupe_id, now))
+
+    async def join_group(
+        self,
+        spec: OrderedSpec,
+        group: str,
+        name: str,
+        max_deliveries: int,
+        listener: OrderedListener,
+    ) -> RedisGroupMember:
+        topic = await self._ordered_topic(spec)
+        assert self._notes is not None
+        assert self._task_group is not None
+        member = RedisGroupMember(
+            topic,
+            group,
+            name,
+            self._next_id(),
+            self._channel,
+            max_deliveries,
+            listener,
+            self._notes,
+            self._group_members,
+            self._options.lease,
+        )
+        try:
+            await member.start(self._task_group)
+        except BaseException:
+            await member.aclose(())
+            raise
+        return member
+
+    async def dead_letters(self, spec: OrderedSpec, group: str) -> list[DeadLetter]:
+        topic = await self._ordered_topic(spec)
+        return await _translated(topic.dead_letters(group))
+
+    async def ordered_stats(self, spec: OrderedSpec) -> OrderedTopicStats:
+        topic = await self._ordered_topic(spec)
+        return await _translated(topic.stats())
+
+    # -- lite topics -------------------------------------------------------------------------------
+
+    async def publish(
+        self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
+    ) -> int:
+        parent = self._parents[spec.parent]
+        if not parent.checked:
+            parent = await self._parent(spec)
+        body = encode_lite(payload, headers, self._backend_options.clock.time())
+        return await _translated(parent.publish(lite_topic, body))
+
+    async def attach(
+        self, spec: LiteSpec, group: str, name: str, listener: LiteListener
+    ) -> RedisLiteMember:
+        parent = await self._parent(spec)
+        assert self._task_group is not None
+        return RedisLiteMember(
+            parent,
+            group,
+            name,
+            self._next_id(),
+            listener,
+            self._lite_members,
+            self._task_group,
+        )
+
+    async def lite_stats(self, spec: LiteSpec, top: int) -> LiteTopicsStats:
+        parent = await self._parent(spec)
+        return await _translated(parent.stats(self._backend_options.clock.time(), top))
+
+
+T = TypeVar("T")
+
+
+async def _translated(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except LitechanError:
+        raise
+    except Exception as exc:
+        raise translate(exc, "Redis") from None
+
+
+def _describe(spec: OrderedSpec | LiteSpec) -> str:
+    if isinstance(spec, OrderedSpec):
+        return (
+            f"partitions={spec.partitions}, max_len={spec.max_len}, "
+            f"dedupe_window={spec.dedupe_window!r}"
+        )
+    return f"ttl={spec.ttl!r}, max_len={spec.max_len}"
+
+
+def _mismatch(what: str, name: str, known: str) -> str:
+    return (
+        f"{what} {name!r} is already declared with {known}; declare it with the same settings "
+        "everywhere, or use another name"
+    )

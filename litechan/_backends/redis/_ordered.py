@@ -1,0 +1,569 @@
+"""Ordered topics on Redis: a stream per partition, leases per (partition, group).
+
+A group's members register in a sorted set scored by lease expiry (``ORDERED_HEARTBEAT``); every
+member computes the same assignment from the sorted live members (partition ``p`` goes to member
+``p % n``). A member claims a partition assigned to it when the partition is free or its owner's
+lease ran out, renews the leases of what it owns every ``lease / 3`` seconds, and gives up what is
+no longer assigned to it cooperatively: the core releases a revoked partition once its messages
+in flight are settled (G1). Joins, leaves and releases publish on the group's rebalance channel
+so that the others act at once; a crashed member's partitions move when its lease runs out.
+
+Each claim increments the partition's generation; every settlement carries the generation it was
+handed out with and the scripts ignore stale ones (fencing, G4). What the previous owner did not
+settle is redelivered first, in offset order (G3). Sends wake the partition's owner in every
+group with a note on its broker's channel; a fetch only reads partitions that were woken, claimed
+or left with more to read, so an idle consumer costs no round trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+import msgspec
+import structlog
+
+from ..._types import DeadLetter, GroupLag, OrderedTopicStats, PartitionStats, Receipt
+from ..base import Entry, OrderedBatch, OrderedListener, OrderedSpec
+from ._client import Client, entry_body
+from ._notes import Notes
+from ._scripts import (
+    ORDERED_ACK,
+    ORDERED_CLAIM,
+    ORDERED_FETCH,
+    ORDERED_HEARTBEAT,
+    ORDERED_NACK,
+    ORDERED_REJECT,
+    ORDERED_RELEASE,
+    ORDERED_RENEW,
+    ORDERED_SEND,
+)
+
+__all__ = ["RedisGroupMember", "RedisOrderedTopic"]
+
+logger = structlog.get_logger("litechan")
+
+#: Dead letters kept per group and partition (oldest dropped first).
+MAX_DEAD_LETTERS: Final = 10_000
+
+OrderedBody = tuple[str, bytes, dict[str, str] | None, float]
+DeadBody = tuple[str, bytes, dict[str, str], int, int, int, str]
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(OrderedBody).decode
+_decode_dead = msgspec.msgpack.Decoder(DeadBody).decode
+
+
+class RedisOrderedTopic:
+    """One ordered topic's keys on one server."""
+
+    def __init__(self, client: Client, namespace: str, spec: OrderedSpec) -> None:
+        self.client = client
+        self.spec = spec
+        self.namespace = namespace
+        self.prefix = f"{namespace}:o:{spec.name}"
+        self.checked = False
+
+    def tag(self, partition: int) -> str:
+        return f"{{{self.prefix}:{partition}}}"
+
+    def part_keys(self, partition: int, group: str) -> tuple[str, str, str, str, str]:
+        """stream, meta, group hash, pending hash, redo list."""
+        tag = self.tag(partition)
+        return (tag + ":s", tag + ":m", f"{tag}:g:{group}", f"{tag}:p:{group}", f"{tag}:r:{group}")
+
+    def dead_key(self, partition: int, group: str) -> str:
+        return f"{self.tag(partition)}:x:{group}"
+
+    def members_key(self, group: str) -> str:
+        return f"{self.prefix}:members:{group}"
+
+    def rebalance_channel(self, group: str) -> str:
+        return f"{self.prefix}:rebalance:{group}"
+
+    async def send(
+        self,
+        partition: int,
+        key: str,
+        payload: bytes,
+        headers: dict[str, str],
+        dedupe_id: str | None,
+        now: float,
+    ) -> Receipt:
+        tag = self.tag(partition)
+        window = 0 if dedupe_id is None else round(self.spec.dedupe_window * 1000)
+        dedupe_key = f"{tag}:d:{dedupe_id}" if window else tag + ":m"
+        body = _encode((key, payload, headers or None, now))
+        offset, duplicate = await self.client.run(
+            ORDERED_SEND,
+            (tag + ":s", tag + ":m", dedupe_key),
+            (body, self.spec.max_len, window, partition),
+        )
+        return Receipt(partition, int(offset), duplicate=bool(duplicate))
+
+    async def dead_letters(self, group: str) -> list[DeadLetter]:
+        replies = await self.client.many(
+            ("XRANGE", self.dead_key(p, group), "-", "+") for p in range(self.spec.partitions)
+        )
+        found: list[tuple[bytes, DeadLetter]] = []
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                continue
+            for entry_id, fields in reply:
+                try:
+                    key, payload, headers, p, offset, count, reason = _decode_dead(fields[1])
+                except (msgspec.DecodeError, IndexError):
+                    continue
+                letter = DeadLetter(
+                    key=key,
+                    payload=payload,
+                    headers=headers,
+                    partition=p,
+                    offset=offset,
+                    delivery_count=count,
+                    reason=reason,
+                )
+                found.append((entry_id, letter))
+        found.sort(key=lambda item: tuple(int(x) for x in item[0].split(b"-")))
+        return [letter for _, letter in found[-MAX_DEAD_LETTERS:]]
+
+    async def stats(self) -> OrderedTopicStats:
+        partitions = range(self.spec.partitions)
+        client = self.client
+        metas = await client.many(
+            cmd
+            for p in partitions
+            for cmd in (("HGETALL", self.tag(p) + ":m"), ("XLEN", self.tag(p) + ":s"))
+        )
+        # The groups: every group hash of the partition (SCAN is fine: stats are not hot).
+        groups: set[str] = set()
+        cursor: Any = 0
+        pattern = f"{{{self.prefix}:*}}:g:*"
+        while True:
+            cursor, found = await client.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            groups.update(k.decode().rsplit(":g:", 1)[1] for k in found)
+            if int(cursor) == 0:
+                break
+        ordered_groups = sorted(groups)
+        details = await client.many(
+            cmd
+            for p in partitions
+            for g in ordered_groups
+            for cmd in (
+                ("HMGET", self.part_keys(p, g)[2], "own", "cur"),
+                ("HKEYS", self.part_keys(p, g)[3]),
+            )
+        )
+        result = []
+        per = 2 * len(ordered_groups)
+        for p in partitions:
+            fields, length = metas[2 * p], metas[2 * p + 1]
+            info = dict(zip(fields[::2], fields[1::2], strict=True))
+            last = int(info.get(b"n", 0))
+            first = last - int(length) + 1
+            lags = {}
+            for i, g in enumerate(ordered_groups):
+                (own, cur), pending = details[p * per + 2 * i], details[p * per + 2 * i + 1]
+                if cur is None:
+                    continue
+                offsets = [int(o) for o in pending]
+                committed = (min(offsets) - 1) if offsets else int(cur) - 1
+                committed = max(committed, first - 1)
+                owner = own.decode().split("|")[3] if own else None
+                lags[g] = GroupLag(
+                    group=g,
+                    committed=committed,
+                    lag=last - committed,
+                    pending=len(offsets),
+                    owner=owner,
+                )
+            result.append(PartitionStats(p, int(length), first, last, lags))
+        return OrderedTopicStats(self.spec.name, tuple(result))
+
+
+class RedisGroupMember:
+    """A consumer's membership of a group on Redis (implements ``GroupMember``)."""
+
+    def __init__(
+        self,
+        topic: RedisOrderedTopic,
+        group: str,
+        name: str,
+        member_id: str,
+        channel: str,
+        max_deliveries: int,
+        listener: OrderedListener,
+        notes: Notes,
+        members: dict[str, RedisGroupMember],
+        lease: float,
+    ) -> None:
+        self._topic = topic
+        self._client = topic.client
+        self._group = group
+        self._name = name
+        self._id = member_id
+        self._max_deliveries = max_deliveries
+        self._listener = listener
+        self._notes = notes
+        self._members = members
+        self._lease = lease
+        self._lease_ms = round(lease * 1000)
+        self._token = f"{channel}|{member_id}|0|{name}"
+        self._owned: dict[int, int] = {}  # partition -> generation
+        self._revoking: set[int] = set()
+        self._to_revoke: list[int] = []
+        self._dirty: set[int] = set()
+        self._acks: dict[int, tuple[int, list[int]]] = {}  # partition -> (generation, offsets)
+        self._rotation = 0
+        self._closed = False
+        self._rebalance = anyio.Event()
+        self._scope = anyio.CancelScope()
+        members[member_id] = self
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        return frozenset(self._owned)
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        await self._notes.listen(self._topic.rebalance_channel(self._group), self._on_rebalance)
+        await self._balance()
+        task_group.start_soon(self._balance_loop)
+
+    def _on_rebalance(self, _note: bytes) -> None:
+        self._rebalance.set()
+
+    def on_wake(self, partition: int) -> None:
+        if partition in self._owned and partition not in self._revoking:
+            self._dirty.add(partition)
+            self._listener.wake()
+
+    def on_reconnect(self) -> None:
+        self._dirty.update(self._owned)
+        self._rebalance.set()
+        self._listener.wake()
+
+    async def _balance_loop(self) -> None:
+        with self._scope:
+            while not self._closed:
+                with anyio.move_on_after(self._lease / 3):
+                    await self._rebalance.wait()
+                self._rebalance = anyio.Event()
+                if self.closed:
+                    return
+                try:
+                    await self._balance()
+                except Exception as exc:  # an outage: the next round tries again
+                    logger.warning(
+                        "litechan.ordered.rebalance_failed",
+                        topic=self._topic.spec.name,
+                        group=self._group,
+                        consumer=self._name,
+                        error=str(exc),
+                    )
+
+    async def _balance(self) -> None:
+        topic = self._topic
+        live = await self._client.run(
+            ORDERED_HEARTBEAT,
+            (topic.members_key(self._group),),
+            (self._token, self._lease_ms, 0, topic.rebalance_channel(self._group)),
+        )
+        members = [m.decode() for m in live]
+        if self._closed:
+            return
+        me = members.index(self._token) if self._token in members else -1
+        desired = (
+            {p for p in range(topic.spec.partitions) if p % len(members) == me}
+            if me >= 0
+            else set()
+        )
+        changed = False
+        # Renew what we own; a partition whose lease we lost is given up at once.
+        owned = sorted(self._owned)
+        renewals = await self._client.many(
+            (
+                "EVALSHA",
+                ORDERED_RENEW.sha,
+                1,
+                topic.part_keys(p, self._group)[2],
+                self._token,
+                self._owned[p],
+                self._lease_ms,
+            )
+            for p in owned
+        )
+        for p, ok in zip(owned, renewals, strict=True):
+            if ok == 0 and p in self._owned:
+                logger.warning(
+                    "litechan.ordered.lease_lost",
+                    topic=topic.spec.name,
+                    group=self._group,
+                    consumer=self._name,
+                    partition=p,
+                )
+                self._drop(p)
+                changed = True
+        for p in sorted(self._owned.keys() - desired - self._revoking):
+            self._revoking.add(p)
+            self._to_revoke.append(p)
+            changed = True
+        wanted = sorted(desired - self._owned.keys())
+        claims = await self._client.many(
+            (
+                "EVALSHA",
+                ORDERED_CLAIM.sha,
+                5,
+                *topic.part_keys(p, self._group),
+                self._group,
+                self._token,
+                self._lease_ms,
+            )
+            for p in wanted
+        )
+        for p, reply in zip(wanted, claims, strict=True):
+            if isinstance(reply, list) and int(reply[0]) == 1 and not self._closed:
+                self._owned[p] = int(reply[1])
+                self._dirty.add(p)
+                changed = True
+        if changed:
+            self._listener.wake()
+
+    def _drop(self, partition: int) -> None:
+        self._owned.pop(partition, None)
+        self._acks.pop(partition, None)
+        self._dirty.discard(partition)
+        if partition not in self._revoking:
+            self._revoking.add(partition)
+            self._to_revoke.append(partition)
+
+    # -- fetching --------------------------------------------------------------------------------
+
+    async def fetch(self, max_entries: int) -> OrderedBatch:
+        revoked, self._to_revoke = self._to_revoke, []
+        dirty = [p for p in sorted(self._dirty) if p in self._owned and p not in self._revoking]
+        self._dirty.clear()
+        if not dirty or max_entries <= 0:
+            self._dirty.update(dirty)
+            return OrderedBatch((), revoked)
+        # Rotate the starting partition so that a busy partition cannot starve the others.
+        self._rotation = (self._rotation + 1) % len(dirty)
+        dirty = dirty[self._rotation :] + dirty[: self._rotation]
+        for p in dirty:
+            self._flush_acks(p)
+        share = max(1, max_entries // len(dirty))
+        topic = self._topic
+        generations = [self._owned[p] for p in dirty]
+        replies = await self._client.many(
+            (
+                "EVALSHA",
+                ORDERED_FETCH.sha,
+                5,
+                *topic.part_keys(p, self._group),
+                self._token,
+                g,
+                share,
+            )
+            for p, g in zip(dirty, generations, strict=True)
+        )
+        batch: list[Entry] = []
+        for p, generation, reply in zip(dirty, generations, replies, strict=True):
+            if isinstance(reply, BaseException):
+                self._dirty.add(p)
+                logger.warning("litechan.ordered.fetch_failed", partition=p, error=str(reply))
+                continue
+            if reply and reply[0] == b"F":
+                if self._owned.get(p) == generation:
+                    self._drop(p)
+                    revoked.append(p) if p not in revoked else None
+                continue
+            trimmed = int(reply[0])
+            if trimmed:
+                logger.warning(
+                    "litechan.ordered.trimmed",
+                    topic=topic.spec.name,
+                    group=self._group,
+                    partition=p,
+                    lost=trimmed,
+                    hint="the group fell more than max_len behind; raise max_len or add consumers",
+                )
+            count = 0
+            for i in range(1, len(reply), 3):
+                offset, deliveries, fields = int(reply[i]), int(reply[i + 1]), reply[i + 2]
+                count += 1
+                entry = self._entry(p, generation, offset, deliveries, fields)
+                if entry is None:
+                    continue
+                if deliveries > self._max_deliveries:
+                    await self.reject(entry, f"delivered {deliveries - 1} times without ack")
+                    continue
+                batch.append(entry)
+            if count >= share:
+                self._dirty.add(p)  # more may be waiting
+        if self._to_revoke:
+            revoked.extend(self._to_revoke)
+            self._to_revoke = []
+        return OrderedBatch(batch, revoked)
+
+    def _entry(
+        self, p: int, generation: int, offset: int, deliveries: int, fields: Any
+    ) -> Entry | None:
+        try:
+            key, payload, headers, published_at = _decode(entry_body(fields))
+        except msgspec.DecodeError as exc:
+            raw = b"" if not fields else b"\x00".join(fields)
+            logger.warning(
+                "litechan.ordered.corrupt_entry",
+                topic=self._topic.spec.name,
+                group=self._group,
+                partition=p,
+                offset=offset,
+                error=str(exc),
+            )
+            junk = Entry(p, offset, "", raw, {}, 0.0, deliveries, generation)
+            self._client.run_soon(
+                ORDERED_REJECT,
+                (*self._topic.part_keys(p, self._group)[2:4], self._topic.dead_key(p, self._group)),
+                (
+                    self._token,
+                    generation,
+                    offset,
+                    _dead_body(junk, f"corrupt entry: {exc}"),
+                    MAX_DEAD_LETTERS,
+                ),
+            )
+            return None
+        return Entry(p, offset, key, payload, headers or {}, published_at, deliveries, generation)
+
+    # -- settlement --------------------------------------------------------------------------------
+
+    async def ack(self, entry: Entry) -> None:
+        p = entry.partition
+        if self._owned.get(p) != entry.generation:
+            return
+        pending = self._acks.get(p)
+        if pending is None or pending[0] != entry.generation:
+            self._flush_acks(p)
+            self._acks[p] = (entry.generation, [entry.offset])
+            self._client.before_flush(self._flush_all_acks)
+        else:
+            pending[1].append(entry.offset)
+
+    def _flush_acks(self, p: int) -> None:
+        pending = self._acks.pop(p, None)
+        if pending is not None:
+            generation, offsets = pending
+            self._client.run_soon(
+                ORDERED_ACK,
+                self._topic.part_keys(p, self._group)[2:4],
+                (self._token, generation, *offsets),
+            )
+
+    def _flush_all_acks(self) -> None:
+        for p in list(self._acks):
+            self._flush_acks(p)
+
+    async def nack(self, entry: Entry) -> None:
+        p = entry.partition
+        if self._owned.get(p) != entry.generation:
+            return
+        self._flush_acks(p)
+        self._client.run_soon(
+            ORDERED_NACK,
+            self._topic.part_keys(p, self._group)[2:4],
+            (self._token, entry.generation, entry.offset, entry.delivery_count + 1),
+        )
+
+    async def reject(self, entry: Entry, reason: str) -> None:
+        p = entry.partition
+        if self._owned.get(p) != entry.generation:
+            return
+        self._flush_acks(p)
+        logger.warning(
+            "litechan.ordered.dead_lettered",
+            topic=self._topic.spec.name,
+            group=self._group,
+            partition=p,
+            offset=entry.offset,
+            key=entry.key,
+            reason=reason,
+        )
+        await self._client.run(
+            ORDERED_REJECT,
+            (*self._topic.part_keys(p, self._group)[2:4], self._topic.dead_key(p, self._group)),
+            (
+                self._token,
+                entry.generation,
+                entry.offset,
+                _dead_body(entry, reason),
+                MAX_DEAD_LETTERS,
+            ),
+        )
+
+    async def release(self, partition: int, undelivered: Sequence[Entry]) -> None:
+        self._revoking.discard(partition)
+        generation = self._owned.pop(partition, None)
+        self._dirty.discard(partition)
+        if generation is None:
+            return
+        self._flush_acks(partition)
+        await self._release(partition, generation, undelivered)
+        self._rebalance.set()
+
+    async def _release(self, p: int, generation: int, undelivered: Sequence[Entry]) -> None:
+        topic = self._topic
+        _, meta, gk, pending, redo = topic.part_keys(p, self._group)
+        counts: list[int] = []
+        for e in undelivered:
+            if e.partition == p and e.generation == generation:
+                counts += (e.offset, e.delivery_count - 1)
+        await self._client.run(
+            ORDERED_RELEASE,
+            (gk, pending, redo, meta),
+            (self._group, self._token, generation, topic.rebalance_channel(self._group), *counts),
+        )
+
+    async def aclose(self, undelivered: Sequence[Entry]) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._scope.cancel()
+        self._members.pop(self._id, None)
+        owned, self._owned = self._owned, {}
+        self._flush_all_acks()
+        try:
+            for p, generation in sorted(owned.items()):
+                await self._release(p, generation, undelivered)
+            topic = self._topic
+            await self._client.run(
+                ORDERED_HEARTBEAT,
+                (topic.members_key(self._group),),
+                (self._token, self._lease_ms, 1, topic.rebalance_channel(self._group)),
+            )
+        except Exception as exc:  # the leases run out on their own
+            logger.warning(
+                "litechan.ordered.leave_failed",
+                topic=self._topic.spec.name,
+                group=self._group,
+                consumer=self._name,
+                error=str(exc),
+            )
+        await self._notes.forget(self._topic.rebalance_channel(self._group), self._on_rebalance)
+
+
+def _dead_body(entry: Entry, reason: str) -> bytes:
+    return _encode(
+        (
+            entry.key,
+            entry.payload,
+            entry.headers,
+            entry.partition,
+            entry.offset,
+            entry.delivery_count,
+            reason,
+        )
+    )

@@ -1,0 +1,481 @@
+"""The Lua scripts of the Redis backend.
+
+Every script touches the keys of ONE hash slot: a lite topic's stream and meta hash share the
+hash tag ``{ns:l:PARENT:TOPIC}``; a partition's stream, meta hash, per-group state, pending
+deliveries, redelivery queue, dead letters and dedupe records share ``{ns:o:TOPIC:P}``. Work that
+spans slots (membership of a group, notifying a subscriber in another process) is done with
+separate commands, and PUBLISH, which is not bound to a slot on a plain server.
+
+Offsets are stream ids ``0-OFFSET``: reading from an offset is an XRANGE, and the first retained
+offset is ``last - XLEN + 1``. An entry another program added with an id that fits the sequence
+takes an offset (it is dead-lettered when read); one that does not fit stops writes to that
+stream with a ``LITECHAN_FOREIGN_ID`` error instead of corrupting offsets.
+
+Owner tokens are ``CHANNEL|MEMBER|GENERATION|NAME``: the channel to notify, the member and its
+ownership generation (fencing, G4), and the consumer's name for stats. Notes published to a
+channel are ``|``-separated and end with the raw entry body.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ._client import Script
+
+__all__ = [
+    "LITE_ACK",
+    "LITE_FETCH",
+    "LITE_KEEP",
+    "LITE_PUBLISH",
+    "LITE_SUBSCRIBE",
+    "LITE_UNSUBSCRIBE",
+    "ORDERED_ACK",
+    "ORDERED_CLAIM",
+    "ORDERED_FETCH",
+    "ORDERED_HEARTBEAT",
+    "ORDERED_NACK",
+    "ORDERED_REJECT",
+    "ORDERED_RELEASE",
+    "ORDERED_RENEW",
+    "ORDERED_SEND",
+    "SCRIPTS",
+    "SPEC",
+]
+
+# Appends ARGV[body] to stream KEYS[1] at the next offset of meta KEYS[2] (field n), skipping
+# past foreign entries that took ids in our sequence. Returns the offset.
+_APPEND: Final = """
+local function append(stream, meta, maxlen, body)
+  local n = redis.call('HINCRBY', meta, 'n', 1)
+  local ok = redis.pcall('XADD', stream, 'MAXLEN', maxlen, '0-' .. n, 'b', body)
+  if type(ok) == 'table' and ok.err then
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    local ms, seq = string.match(last[1][1], '^(%d+)-(%d+)$')
+    if ms ~= '0' then
+      return nil, 'LITECHAN_FOREIGN_ID ' .. last[1][1]
+    end
+    n = tonumber(seq) + 1
+    redis.call('HSET', meta, 'n', n)
+    redis.call('XADD', stream, 'MAXLEN', maxlen, '0-' .. n, 'b', body)
+  end
+  return n
+end
+"""
+
+# Notifies every owner recorded in meta (fields o:GROUP) with NOTE .. '|' .. member|gen .. rest.
+_NOTIFY: Final = """
+local function notify(meta, kind, rest)
+  local fields = redis.call('HGETALL', meta)
+  for i = 1, #fields, 2 do
+    local f = fields[i]
+    if string.sub(f, 1, 2) == 'o:' then
+      local ch, member, gen = string.match(fields[i + 1], '^([^|]*)|([^|]*)|([^|]*)|')
+      if ch then
+        redis.call('PUBLISH', ch, kind .. '|' .. member .. '|' .. gen .. '|' .. rest)
+      end
+    end
+  end
+end
+"""
+
+# Declares a spec: KEYS[1] spec key, ARGV[1] encoded spec. Returns the stored spec.
+SPEC: Final = Script(
+    "spec",
+    """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+""",
+)
+
+# -- lite topics ---------------------------------------------------------------------------------
+
+# KEYS: stream, meta. ARGV: body, ttl_ms, max_len, new_epoch, topic.
+# Returns {offset, epoch}.
+LITE_PUBLISH: Final = Script(
+    "lite_publish",
+    _APPEND
+    + _NOTIFY
+    + """
+local stream, meta = KEYS[1], KEYS[2]
+local e = redis.call('HGET', meta, 'e')
+if not e then
+  e = ARGV[4]
+  redis.call('HSET', meta, 'e', e)
+end
+local n, err = append(stream, meta, ARGV[3], ARGV[1])
+if not n then return redis.error_reply(err) end
+redis.call('PEXPIRE', stream, ARGV[2])
+redis.call('PEXPIRE', meta, ARGV[2])
+notify(meta, 'D', ARGV[5] .. '|' .. e .. '|' .. n .. '|' .. ARGV[1])
+return {n, e}
+""",
+)
+
+# KEYS: stream, meta. ARGV: group, token, start ('committed'|'earliest'|'latest'|offset),
+# ttl_ms, topic. Takes ownership for the group, revoking the previous owner (a note to it).
+# Returns {epoch or '', next_offset, last_offset, pttl_ms}.
+LITE_SUBSCRIBE: Final = Script(
+    "lite_subscribe",
+    """
+local stream, meta, g, token, start = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
+local prev = redis.call('HGET', meta, 'o:' .. g)
+redis.call('HSET', meta, 'o:' .. g, token)
+if prev and prev ~= token then
+  local ch, member, gen = string.match(prev, '^([^|]*)|([^|]*)|([^|]*)|')
+  if ch then
+    redis.call('PUBLISH', ch, 'R|' .. member .. '|' .. gen .. '|' .. ARGV[5])
+  end
+end
+local e = redis.call('HGET', meta, 'e')
+if not e then
+  -- No such lite topic yet: the subscription waits for the first publish. It expires like a
+  -- topic unless its subscriber refreshes it (a crashed subscriber leaves nothing behind).
+  redis.call('PEXPIRE', meta, ARGV[4])
+  local nxt = tonumber(start) or 1
+  return {'', nxt, 0, redis.call('PTTL', meta)}
+end
+local n = tonumber(redis.call('HGET', meta, 'n')) or 0
+local first = n - redis.call('XLEN', stream) + 1
+local nxt
+if start == 'committed' then
+  local c = redis.call('HGET', meta, 'c:' .. g)
+  if not c then
+    redis.call('HSET', meta, 'c:' .. g, '')
+    nxt = first
+  elseif c == '' then
+    nxt = first
+  else
+    nxt = tonumber(c) + 1
+  end
+else
+  if start == 'earliest' then
+    nxt = first
+  elseif start == 'latest' then
+    nxt = n + 1
+  else
+    nxt = tonumber(start)
+  end
+  redis.call('HSET', meta, 'c:' .. g, nxt - 1)
+  redis.call('HDEL', meta, 'a:' .. g)
+end
+return {e, nxt, n, redis.call('PTTL', meta)}
+""",
+)
+
+# KEYS: meta. ARGV: group, token. Gives up ownership if still held.
+LITE_UNSUBSCRIBE: Final = Script(
+    "lite_unsubscribe",
+    """
+if redis.call('HGET', KEYS[1], 'o:' .. ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], 'o:' .. ARGV[1])
+end
+return 1
+""",
+)
+
+# KEYS: meta. ARGV: group, token, ttl_ms, known epoch ('' if none yet). Checks a subscription
+# and renews one that waits for its topic's first publish. Returns {owned(1|0), epoch, pttl}.
+LITE_KEEP: Final = Script(
+    "lite_keep",
+    """
+local meta, g, token = KEYS[1], ARGV[1], ARGV[2]
+local o, e = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e'))
+if not e and ARGV[4] == '' and (not o or o == token) then
+  redis.call('HSET', meta, 'o:' .. g, token)
+  redis.call('PEXPIRE', meta, ARGV[3])
+  return {1, '', redis.call('PTTL', meta)}
+end
+return {o == token and 1 or 0, e or '', redis.call('PTTL', meta)}
+""",
+)
+
+# KEYS: stream, meta. ARGV: group, token, from, max. Returns {'R', epoch} when the token no
+# longer owns the topic, else {epoch, last, first, acked_csv, entries}.
+LITE_FETCH: Final = Script(
+    "lite_fetch",
+    """
+local stream, meta, g = KEYS[1], KEYS[2], ARGV[1]
+local o, e, n, a = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'n', 'a:' .. g))
+if o ~= ARGV[2] then return {'R', e or ''} end
+if not e then return {'', 0, 1, '', {}} end
+n = tonumber(n) or 0
+local first = n - redis.call('XLEN', stream) + 1
+local from = math.max(tonumber(ARGV[3]), first)
+local entries = {}
+if from <= n then
+  entries = redis.call('XRANGE', stream, '0-' .. from, '0-' .. n, 'COUNT', ARGV[4])
+end
+return {e, n, first, a or '', entries}
+""",
+)
+
+# KEYS: stream, meta. ARGV: group, token, epoch, offset... Settles offsets for the group
+# (fenced by token and epoch); out-of-order acks are kept in field a:GROUP until the gap fills.
+LITE_ACK: Final = Script(
+    "lite_ack",
+    """
+local stream, meta, g = KEYS[1], KEYS[2], ARGV[1]
+local o, e, c, a, n = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'c:' .. g, 'a:' .. g, 'n'))
+if o ~= ARGV[2] or e ~= ARGV[3] then return 0 end
+local first = (tonumber(n) or 0) - redis.call('XLEN', stream) + 1
+local base = math.max(tonumber(c) or 0, first - 1)
+local acked = {}
+if a then
+  for off in string.gmatch(a, '%d+') do acked[tonumber(off)] = true end
+end
+for i = 4, #ARGV do
+  local off = tonumber(ARGV[i])
+  if off == base + 1 then
+    base = off
+  elseif off > base then
+    acked[off] = true
+  end
+end
+while acked[base + 1] do
+  base = base + 1
+  acked[base] = nil
+end
+redis.call('HSET', meta, 'c:' .. g, base)
+local rest = {}
+for off in pairs(acked) do
+  if off > base then rest[#rest + 1] = off end
+end
+if #rest > 0 then
+  table.sort(rest)
+  redis.call('HSET', meta, 'a:' .. g, table.concat(rest, ','))
+elseif a then
+  redis.call('HDEL', meta, 'a:' .. g)
+end
+return 1
+""",
+)
+
+# -- ordered topics ------------------------------------------------------------------------------
+
+# KEYS: stream, meta, dedupe key (or the meta key when there is no dedupe id).
+# ARGV: body, max_len, window_ms (0: no dedupe), partition.
+# Returns {offset, duplicate(0|1)}. Wakes the owner of the partition in every group.
+ORDERED_SEND: Final = Script(
+    "ordered_send",
+    _APPEND
+    + _NOTIFY
+    + """
+local stream, meta, dd = KEYS[1], KEYS[2], KEYS[3]
+local window = tonumber(ARGV[3])
+if window > 0 then
+  local known = redis.call('GET', dd)
+  if known then return {tonumber(known), 1} end
+end
+local n, err = append(stream, meta, ARGV[2], ARGV[1])
+if not n then return redis.error_reply(err) end
+if window > 0 then redis.call('SET', dd, n, 'PX', window) end
+notify(meta, 'W', ARGV[4] .. '|' .. n)
+return {n, 0}
+""",
+)
+
+# KEYS: members zset, rebalance channel name (not a key: passed as ARGV). ARGV: token,
+# lease_ms, leaving(0|1), channel. Registers (or removes) a member and drops expired ones.
+# Returns the live members' tokens, sorted.
+ORDERED_HEARTBEAT: Final = Script(
+    "ordered_heartbeat",
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = KEYS[1]
+local before = redis.call('ZCARD', members)
+if ARGV[3] == '1' then
+  redis.call('ZREM', members, ARGV[1])
+else
+  redis.call('ZADD', members, now + tonumber(ARGV[2]), ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', members, '-inf', now)
+local live = redis.call('ZRANGE', members, 0, -1)
+table.sort(live)
+if #live ~= before or ARGV[3] == '1' then
+  redis.call('PUBLISH', ARGV[4], 'B')
+end
+return live
+""",
+)
+
+# KEYS: stream, meta, group hash, pending hash, redo list. ARGV: group, token, lease_ms.
+# Takes a partition that is free or whose owner's lease ran out. Returns {1, generation} or
+# {0, current owner}.
+ORDERED_CLAIM: Final = Script(
+    "ordered_claim",
+    """
+local stream, meta, gk, pending, redo = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local own, lease, gen = unpack(redis.call('HMGET', gk, 'own', 'lease', 'gen'))
+if own and own ~= '' and own ~= ARGV[2] and tonumber(lease) > now then
+  return {0, own}
+end
+if not gen then
+  local n = tonumber(redis.call('HGET', meta, 'n')) or 0
+  redis.call('HSET', gk, 'cur', n - redis.call('XLEN', stream) + 1)
+end
+gen = redis.call('HINCRBY', gk, 'gen', 1)
+redis.call('HSET', gk, 'own', ARGV[2], 'lease', now + tonumber(ARGV[3]))
+redis.call('HSET', meta, 'o:' .. ARGV[1], ARGV[2])
+-- What the previous owners did not settle is redelivered first, in offset order.
+redis.call('DEL', redo)
+local offsets = redis.call('HKEYS', pending)
+if #offsets > 0 then
+  local sorted = {}
+  for i, off in ipairs(offsets) do sorted[i] = tonumber(off) end
+  table.sort(sorted)
+  for i = 1, #sorted, 1000 do
+    redis.call('RPUSH', redo, unpack(sorted, i, math.min(i + 999, #sorted)))
+  end
+end
+return {1, gen}
+""",
+)
+
+# KEYS: group hash. ARGV: token, generation, lease_ms. Returns 1 when still the owner.
+ORDERED_RENEW: Final = Script(
+    "ordered_renew",
+    """
+local own, gen = unpack(redis.call('HMGET', KEYS[1], 'own', 'gen'))
+if own ~= ARGV[1] or gen ~= ARGV[2] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[3]))
+return 1
+""",
+)
+
+# KEYS: stream, meta, group hash, pending hash, redo list. ARGV: token, generation, max.
+# Returns {'F'} when fenced, else {trimmed, entries...} where entries are flat triples
+# (offset, deliveries, body or false when the entry is gone).
+ORDERED_FETCH: Final = Script(
+    "ordered_fetch",
+    """
+local stream, meta, gk, pending, redo = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local own, gen, cur = unpack(redis.call('HMGET', gk, 'own', 'gen', 'cur'))
+if own ~= ARGV[1] or gen ~= ARGV[2] then return {'F'} end
+local max = tonumber(ARGV[3])
+local n = tonumber(redis.call('HGET', meta, 'n')) or 0
+local first = n - redis.call('XLEN', stream) + 1
+local out = {0}
+local count = 0
+while count < max do
+  local off = redis.call('LPOP', redo)
+  if not off then break end
+  local seen = redis.call('HGET', pending, off)
+  if seen then
+    if tonumber(off) < first then
+      redis.call('HDEL', pending, off)
+      out[1] = out[1] + 1
+    else
+      local d = tonumber(seen) + 1
+      local e = redis.call('XRANGE', stream, '0-' .. off, '0-' .. off)
+      redis.call('HSET', pending, off, d)
+      out[#out + 1] = tonumber(off)
+      out[#out + 1] = d
+      out[#out + 1] = e[1] and e[1][2] or false
+      count = count + 1
+    end
+  end
+end
+cur = tonumber(cur)
+if cur < first then
+  out[1] = out[1] + first - cur
+  cur = first
+end
+if count < max and cur <= n then
+  local entries = redis.call('XRANGE', stream, '0-' .. cur, '0-' .. n, 'COUNT', max - count)
+  for _, e in ipairs(entries) do
+    local off = tonumber(string.match(e[1], '-(%d+)$'))
+    redis.call('HSET', pending, off, 1)
+    out[#out + 1] = off
+    out[#out + 1] = 1
+    out[#out + 1] = e[2]
+    cur = off + 1
+  end
+  redis.call('HSET', gk, 'cur', cur)
+end
+return out
+""",
+)
+
+# KEYS: group hash, pending hash. ARGV: token, generation, offset... Settles offsets.
+ORDERED_ACK: Final = Script(
+    "ordered_ack",
+    """
+local own, gen = unpack(redis.call('HMGET', KEYS[1], 'own', 'gen'))
+if own ~= ARGV[1] or gen ~= ARGV[2] then return 0 end
+for i = 3, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+return 1
+""",
+)
+
+# KEYS: group hash, pending hash. ARGV: token, generation, offset, deliveries.
+ORDERED_NACK: Final = Script(
+    "ordered_nack",
+    """
+local own, gen = unpack(redis.call('HMGET', KEYS[1], 'own', 'gen'))
+if own ~= ARGV[1] or gen ~= ARGV[2] then return 0 end
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+end
+return 1
+""",
+)
+
+# KEYS: group hash, pending hash, dead-letter stream. ARGV: token, generation, offset,
+# dead-letter body, max dead letters. Moves an entry to the dead letters (fenced).
+ORDERED_REJECT: Final = Script(
+    "ordered_reject",
+    """
+local own, gen = unpack(redis.call('HMGET', KEYS[1], 'own', 'gen'))
+if own ~= ARGV[1] or gen ~= ARGV[2] then return 0 end
+if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return 0 end
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], '*', 'b', ARGV[4])
+return 1
+""",
+)
+
+# KEYS: group hash, pending hash, redo list, meta. ARGV: group, token, generation, channel,
+# then (offset, deliveries) pairs of entries fetched but never handed to the application.
+ORDERED_RELEASE: Final = Script(
+    "ordered_release",
+    """
+local gk, pending, redo, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local own, gen = unpack(redis.call('HMGET', gk, 'own', 'gen'))
+if own ~= ARGV[2] or gen ~= ARGV[3] then return 0 end
+for i = 5, #ARGV, 2 do
+  if redis.call('HEXISTS', pending, ARGV[i]) == 1 then
+    redis.call('HSET', pending, ARGV[i], ARGV[i + 1])
+  end
+end
+redis.call('HSET', gk, 'own', '', 'lease', 0)
+redis.call('DEL', redo)
+if redis.call('HGET', meta, 'o:' .. ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', meta, 'o:' .. ARGV[1])
+end
+redis.call('PUBLISH', ARGV[4], 'B')
+return 1
+""",
+)
+
+SCRIPTS: Final = (
+    SPEC,
+    LITE_PUBLISH,
+    LITE_SUBSCRIBE,
+    LITE_UNSUBSCRIBE,
+    LITE_KEEP,
+    LITE_FETCH,
+    LITE_ACK,
+    ORDERED_SEND,
+    ORDERED_HEARTBEAT,
+    ORDERED_CLAIM,
+    ORDERED_RENEW,
+    ORDERED_FETCH,
+    ORDERED_ACK,
+    ORDERED_NACK,
+    ORDERED_REJECT,
+    ORDERED_RELEASE,
+)
