@@ -38,6 +38,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from ..._errors import BrokerUnavailable, CorruptEntry, LitechanError
 from ._options import RedisOptions
+from ._wire import Wire
 
 __all__ = ["Arg", "Client", "Script", "connection_pool", "entry_body", "pack", "translate"]
 
@@ -56,7 +57,7 @@ CONNECTION_ERRORS: Final = (
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
     OSError,
-    asyncio.TimeoutError,
+    TimeoutError,
     EOFError,
 )
 
@@ -120,6 +121,11 @@ def connection_pool(options: RedisOptions) -> ConnectionPool:
         raise InvalidArgument(f"malformed Redis URL: {exc}") from None
 
 
+def _raise_error(reply: Any) -> None:
+    if isinstance(reply, redis.exceptions.ResponseError):
+        raise reply
+
+
 class Script:
     """A Lua script, called by SHA1 (and loaded again after a server restart)."""
 
@@ -151,10 +157,11 @@ class Client:
         self._pool = pool
         self._queue: deque[_Call] = deque()
         self._has_work = asyncio.Event()
-        self._conn: AbstractConnection | None = None
+        self._conn: Wire | None = None
         self._scripts: dict[str, Script] = {}
         self._closed = False
         self._hooks: list[Callable[[], None]] = []
+        self._held: set[AbstractConnection] = set()
         self.connected = asyncio.Event()
 
     @property
@@ -176,9 +183,9 @@ class Client:
     async def aclose(self) -> None:
         self._closed = True
         self._has_work.set()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._release(conn)
+        wire, self._conn = self._conn, None
+        if wire is not None:
+            await self._release(wire.conn)
         for call in self._queue:
             if call.future is not None and not call.future.done():
                 call.future.set_exception(BrokerUnavailable("the broker was closed"))
@@ -244,25 +251,26 @@ class Client:
 
     # -- the flusher -----------------------------------------------------------------------------
 
-    async def _connect(self) -> AbstractConnection:
-        conn: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+    async def _connect(self) -> Wire:
+        conn = await self.dedicated()
         try:
-            await conn.connect()  # type: ignore[no-untyped-call]
+            wire = Wire(conn)
             if self._scripts:
                 scripts = list(self._scripts.values())
-                await conn.send_packed_command(
-                    b"".join(pack(("SCRIPT", "LOAD", s.source)) for s in scripts),
-                    check_health=False,
-                )
-                for _ in scripts:
-                    await conn.read_response()
+                await wire.write(b"".join(pack(("SCRIPT", "LOAD", s.source)) for s in scripts))
+                with anyio.fail_after(self._options.socket_timeout):
+                    for _ in scripts:
+                        _raise_error(await wire.read())
         except BaseException:
             await self._release(conn)
             raise
         self.connected.set()
-        return conn
+        return wire
 
     async def _release(self, conn: AbstractConnection) -> None:
+        if conn not in self._held:
+            return  # released already (a reader's finally block and aclose may both try)
+        self._held.discard(conn)
         try:
             await conn.disconnect()
         finally:
@@ -286,30 +294,28 @@ class Client:
                 await self._flush(self._conn)
                 backoff = _BACKOFF_MIN
             except CONNECTION_ERRORS as exc:
-                conn, self._conn = self._conn, None
-                if conn is not None:
+                wire, self._conn = self._conn, None
+                if wire is not None:
                     self.connected.clear()
                     logger.warning(
                         "litechan.redis.disconnected", server=self._redacted(), error=str(exc)
                     )
-                    await self._release(conn)
+                    await self._release(wire.conn)
                 self._expire(exc)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    async def _flush(self, conn: AbstractConnection) -> None:
+    async def _flush(self, wire: Wire) -> None:
         queue = self._queue
         batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
         done = 0
         try:
-            await conn.send_packed_command(b"".join(c.packed for c in batch), check_health=False)
-            for call in batch:
-                try:
-                    reply = await conn.read_response()
-                except redis.exceptions.ResponseError as exc:
-                    reply = exc
-                done += 1
-                self._resolve(call, reply)
+            await wire.write(b"".join([c.packed for c in batch]))
+            with anyio.fail_after(self._options.socket_timeout):
+                for call in batch:
+                    reply = await wire.read()
+                    done += 1
+                    self._resolve(call, reply)
         except BaseException:
             # Whatever did not get its reply is sent again on the next connection, first.
             queue.extendleft(reversed(batch[done:]))
@@ -363,8 +369,9 @@ class Client:
     # -- a dedicated connection (pub/sub) --------------------------------------------------------
 
     async def dedicated(self) -> AbstractConnection:
-        """A new connection outside the batching one (for SUBSCRIBE); the caller closes it."""
+        """A new connection outside the batching one (for SUBSCRIBE); the caller releases it."""
         conn: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        self._held.add(conn)
         try:
             await conn.connect()  # type: ignore[no-untyped-call]
         except BaseException:

@@ -23,6 +23,7 @@ import redis.exceptions
 import structlog
 
 from ._client import CONNECTION_ERRORS, Client, pack
+from ._wire import Wire
 
 __all__ = ["Notes"]
 
@@ -47,7 +48,7 @@ class Notes:
         self._on_note = on_note
         self._on_connect = on_connect
         self._handlers: dict[bytes, list[Callable[[bytes], None]]] = {}
-        self._conn: Any = None
+        self._wire: Wire | None = None
         self._ready = anyio.Event()
         self._closed = False
 
@@ -60,9 +61,9 @@ class Notes:
 
     async def aclose(self) -> None:
         self._closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._client.release(conn)
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            await self._client.release(wire.conn)
 
     async def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
         """Call *handler* with each message published to *channel* (until :meth:`forget`)."""
@@ -82,11 +83,11 @@ class Notes:
                 await self._send(pack(("UNSUBSCRIBE", channel)))
 
     async def _send(self, packed: bytes) -> None:
-        conn = self._conn
-        if conn is None:
+        wire = self._wire
+        if wire is None:
             return  # subscribed again on reconnect
         with contextlib.suppress(*CONNECTION_ERRORS):  # the reader notices and reconnects
-            await conn.send_packed_command(packed, check_health=False)
+            await wire.write(packed)
 
     async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         backoff = _BACKOFF_MIN
@@ -98,12 +99,14 @@ class Notes:
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
+            wire = Wire(conn)
             try:
                 channels = [self._channel, *(c.decode() for c in self._handlers)]
-                await conn.send_packed_command(pack(("SUBSCRIBE", *channels)), check_health=False)
-                for _ in channels:
-                    await conn.read_response()
-                self._conn = conn
+                await wire.write(pack(("SUBSCRIBE", *channels)))
+                with anyio.fail_after(self._client.options.socket_timeout):
+                    for _ in channels:
+                        await wire.read()
+                self._wire = wire
                 if first:
                     first = False
                     task_status.started()
@@ -111,31 +114,33 @@ class Notes:
                 else:
                     await self._on_connect(False)
                 backoff = _BACKOFF_MIN
-                await self._read(conn)
+                await self._read(wire)
             except CONNECTION_ERRORS as exc:
                 if self.closed:
                     return
                 logger.warning("litechan.redis.notes_disconnected", error=str(exc))
             finally:
-                if self._conn is conn:
-                    self._conn = None
-                    await self._client.release(conn)
+                if self._wire is wire:
+                    self._wire = None
+                await self._client.release(conn)
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    async def _read(self, conn: Any) -> None:
+    async def _read(self, wire: Wire) -> None:
         on_note = self._on_note
         own = self._channel.encode()
         handlers = self._handlers
+        idle = self._client.options.socket_timeout
         pinged = False
         while True:
-            try:
-                reply = await conn.read_response(disconnect_on_error=False)
-            except redis.exceptions.TimeoutError:
-                if pinged:
-                    raise  # no answer to a PING for a whole socket_timeout: a dead link
+            reply: Any = None
+            with anyio.move_on_after(idle) as scope:
+                reply = await wire.read()
+            if scope.cancelled_caught:
+                if pinged:  # no answer to a PING for a whole socket_timeout: a dead link
+                    raise redis.exceptions.TimeoutError("no reply to PING on the notes channel")
                 pinged = True
-                await conn.send_packed_command(pack(("PING",)), check_health=False)
+                await wire.write(pack(("PING",)))
                 continue
             pinged = False
             if type(reply) is not list or reply[0] != b"message":
