@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -133,16 +133,18 @@ class Notes:
         idle = self._client.options.socket_timeout
         pinged = False
         while True:
-            reply: Any = None
-            with anyio.move_on_after(idle) as scope:
-                reply = await wire.read()
-            if scope.cancelled_caught:
-                if pinged:  # no answer to a PING for a whole socket_timeout: a dead link
-                    raise redis.exceptions.TimeoutError("no reply to PING on the notes channel")
-                pinged = True
-                await wire.write(pack(("PING",)))
+            reply = wire.poll()
+            if reply is False:  # nothing buffered: wait for the server (one scope per read)
+                with anyio.move_on_after(idle) as scope:
+                    await wire.fill()
+                if scope.cancelled_caught:
+                    if pinged:  # no answer to a PING for a whole socket_timeout: a dead link
+                        raise redis.exceptions.TimeoutError("no reply to PING on notes channel")
+                    pinged = True
+                    await wire.write(pack(("PING",)))
+                else:
+                    pinged = False
                 continue
-            pinged = False
             if type(reply) is not list or reply[0] != b"message":
                 continue  # (un)subscribe confirmations, pongs
             channel = reply[1]

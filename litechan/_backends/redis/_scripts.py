@@ -217,6 +217,11 @@ LITE_ACK: Final = Script(
 local stream, meta, g = KEYS[1], KEYS[2], ARGV[1]
 local o, e, c, a, n = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'c:' .. g, 'a:' .. g, 'n'))
 if o ~= ARGV[2] or e ~= ARGV[3] then return 0 end
+if not a and #ARGV == 4 and c and c ~= '' and tonumber(ARGV[4]) == tonumber(c) + 1 then
+  -- the common case: one ack, in order (trimming can only have moved the start below it)
+  redis.call('HSET', meta, 'c:' .. g, ARGV[4])
+  return 1
+end
 local first = (tonumber(n) or 0) - redis.call('XLEN', stream) + 1
 local base = math.max(tonumber(c) or 0, first - 1)
 local acked = {}

@@ -39,6 +39,17 @@ class Wire:
         self._writer.write(data)
         await self._writer.drain()
 
+    def poll(self) -> Any:
+        """The next reply if one is already buffered, else ``False``."""
+        return self._parser.gets()
+
+    async def fill(self) -> None:
+        """Wait for more bytes from the server and buffer them."""
+        data = await self._reader.read(_CHUNK)
+        if not data:
+            raise redis.exceptions.ConnectionError("Redis closed the connection")
+        self._parser.feed(data)
+
     async def read(self) -> Any:
         """The next reply (an error reply is returned as a ``ResponseError``, not raised)."""
         parser = self._parser
