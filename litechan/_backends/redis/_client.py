@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import time
 from collections import deque
@@ -40,7 +41,16 @@ from ..._errors import BrokerUnavailable, CorruptEntry, LitechanError
 from ._options import RedisOptions
 from ._wire import Wire
 
-__all__ = ["Arg", "Client", "Script", "connection_pool", "entry_body", "pack", "translate"]
+__all__ = [
+    "Arg",
+    "Client",
+    "Settled",
+    "Script",
+    "connection_pool",
+    "entry_body",
+    "pack",
+    "translate",
+]
 
 logger = structlog.get_logger("litechan")
 
@@ -152,6 +162,57 @@ class _Call:
         self.script: tuple[Script, Sequence[Arg], int] | None = script
 
 
+class Settled:
+    """Acks queued by a member and the callers waiting until they have reached Redis.
+
+    A member queues acks (coalesced per topic) and registers :meth:`flush` as a hook of the
+    next batch; ``await settled.wait()`` returns once that batch has been answered, so an ack
+    that returned is durable (G3) while concurrent acks still share one round trip.
+    """
+
+    __slots__ = ("_client", "_flush", "_hooked", "_waiting")
+
+    def __init__(self, client: Client, flush: Callable[[], None]) -> None:
+        self._client = client
+        self._flush = flush
+        self._hooked = False
+        self._waiting: asyncio.Future[None] | None = None
+
+    def queued(self) -> None:
+        """Something was queued: make sure the next batch flushes it."""
+        if not self._hooked:
+            self._hooked = True
+            self._client.before_flush(self._run)
+
+    async def wait(self) -> None:
+        """Return once everything queued so far has been written and answered (with
+        ``acks=async``, at once)."""
+        self.queued()
+        if self._client.options.acks == "async":
+            return
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = asyncio.get_running_loop().create_future()
+        await asyncio.shield(waiting)
+
+    def _run(self) -> None:
+        self._hooked = False
+        self._flush()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            self._client.marker().add_done_callback(functools.partial(_chain, waiting))
+
+
+def _chain(target: asyncio.Future[None], source: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(None)
+
+
 class Client:
     """Auto-batched commands over one connection; see the module docstring."""
 
@@ -228,6 +289,12 @@ class Client:
         """Queue *script* without waiting for its reply (acks): FIFO with every other call."""
         packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
         self._enqueue(packed, False, (script, (*keys, *args), len(keys)))
+
+    def marker(self) -> asyncio.Future[Any]:
+        """A future resolved when everything queued before it has been answered (FIFO)."""
+        future = self._enqueue(pack(("PING",)), True).future
+        assert future is not None
+        return future
 
     def before_flush(self, hook: Callable[[], None]) -> None:
         """Call *hook* right before the next batch is written (it may queue commands): how

@@ -30,7 +30,7 @@ import structlog
 from ..._errors import ConfigMismatch
 from ..._types import EndReason, LiteTopicLag, LiteTopicsStats
 from ..base import LiteBatch, LiteListener, LiteRecord, LiteSpec, Start, Subscription
-from ._client import Client, entry_body
+from ._client import Client, Settled, entry_body
 from ._scripts import (
     LITE_ACK,
     LITE_FETCH,
@@ -196,6 +196,7 @@ class RedisLiteMember:
         self._owned: dict[str, _Own] = {}
         self._generations = itertools.count(1)
         self._acks: dict[str, tuple[str, int, list[int]]] = {}  # topic -> (epoch, gen, offsets)
+        self._settled = Settled(self._client, self._flush_all_acks)
         self._deadlines: list[tuple[float, str]] = []
         self._timer = anyio.Event()
         self._closed = False
@@ -390,13 +391,14 @@ class RedisLiteMember:
         if own is None or own.generation != generation:
             return  # fenced locally; the script fences against other processes
         self._queue_ack(lite_topic, epoch, generation, offset)
+        await self._settled.wait()
 
     def _queue_ack(self, lite_topic: str, epoch: str, generation: int, offset: int) -> None:
         pending = self._acks.get(lite_topic)
         if pending is None or pending[0] != epoch or pending[1] != generation:
             self._flush_acks(lite_topic)
             self._acks[lite_topic] = (epoch, generation, [offset])
-            self._client.before_flush(self._flush_all_acks)
+            self._settled.queued()
         else:
             pending[2].append(offset)
 

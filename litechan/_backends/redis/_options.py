@@ -35,6 +35,11 @@ class RedisOptions:
     #: How long a worker owns a partition without renewing it; a crashed worker's partitions
     #: move to the survivors within about this time.
     lease: float = 10.0
+    #: "sync": ack() returns once the ack is on the server (an acked message is never
+    #: redelivered, G3); "async": ack() returns once it is queued for the next batch (a crash
+    #: may redeliver messages acked just before it; a sequential reader is not bound by the
+    #: round trip).
+    acks: str = "sync"
     #: How long publish/send keep retrying while the server is unreachable before they raise
     #: BrokerUnavailable.
     retry: float = 5.0
@@ -63,6 +68,10 @@ def parse_url(url: SplitResult) -> RedisOptions:
     for name, raw in parse_qsl(url.query, keep_blank_values=True, strict_parsing=False):
         if name == "namespace":
             values[name] = check_name(raw, "namespace")
+        elif name == "acks":
+            if raw not in ("sync", "async"):
+                raise InvalidArgument(f"Redis URL option acks must be sync or async, got {raw!r}")
+            values[name] = raw
         elif name == "pool_size":
             values[name] = _int(name, raw, 1, 10_000)
         elif name in _FLOATS:

@@ -27,7 +27,7 @@ import structlog
 
 from ..._types import DeadLetter, GroupLag, OrderedTopicStats, PartitionStats, Receipt
 from ..base import Entry, OrderedBatch, OrderedListener, OrderedSpec
-from ._client import Client, entry_body
+from ._client import Client, Settled, entry_body
 from ._notes import Notes
 from ._scripts import (
     ORDERED_ACK,
@@ -215,6 +215,7 @@ class RedisGroupMember:
         self._to_revoke: list[int] = []
         self._dirty: set[int] = set()
         self._acks: dict[int, tuple[int, list[int]]] = {}  # partition -> (generation, offsets)
+        self._settled = Settled(self._client, self._flush_all_acks)
         self._rotation = 0
         self._closed = False
         self._rebalance = anyio.Event()
@@ -449,9 +450,9 @@ class RedisGroupMember:
         if pending is None or pending[0] != entry.generation:
             self._flush_acks(p)
             self._acks[p] = (entry.generation, [entry.offset])
-            self._client.before_flush(self._flush_all_acks)
         else:
             pending[1].append(entry.offset)
+        await self._settled.wait()
 
     def _flush_acks(self, p: int) -> None:
         pending = self._acks.pop(p, None)
