@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 import litechan
-from litechan.testing import memory_backend
+from litechan.testing import memory_backend, redis_backend
 from litechan.testing.model import LiteModel, ModelViolation, OrderedModel, make_state_machine
 
 MACHINE_SETTINGS = settings(
@@ -24,6 +24,25 @@ def test_memory_backend_follows_the_model(anyio_backend: str) -> None:
     machine = make_state_machine(memory_backend, anyio_backend=anyio_backend)
     with structlog.testing.capture_logs():  # thousands of expected warnings (gaps, dead letters)
         run_state_machine_as_test(machine, settings=MACHINE_SETTINGS)
+
+
+REDIS_SETTINGS = settings(
+    MACHINE_SETTINGS,
+    max_examples=20,
+    stateful_step_count=30,
+)
+
+
+@pytest.mark.timeout(900)
+def test_redis_backend_follows_the_model(redis_base_url: str) -> None:
+    """Random sequences of every operation keep the Redis backend within the model.
+
+    Time is real on Redis, so the machine runs without TTL rules (the kit's TTL checks cover
+    G8 there): a TTL short enough for a test would run out during a sequence of rules.
+    """
+    machine = make_state_machine(redis_backend(redis_base_url), anyio_backend="asyncio")
+    with structlog.testing.capture_logs():
+        run_state_machine_as_test(machine, settings=REDIS_SETTINGS)
 
 
 # -- the pure model ---------------------------------------------------------------------------

@@ -488,7 +488,7 @@ class RedisLiteMember:
             if isinstance(reply, BaseException):
                 self._track(topic, 1.0)  # try again soon
                 continue
-            owned, epoch, pttl = int(reply[0]), reply[1].decode(), int(reply[2])
+            owned, epoch, pttl, last = int(reply[0]), reply[1].decode(), int(reply[2]), reply[3]
             if not owned:
                 gone = own.epoch and epoch != own.epoch
                 self._end(topic, EndReason.EXPIRED if gone else EndReason.REVOKED)
@@ -497,6 +497,9 @@ class RedisLiteMember:
             else:
                 if epoch and not own.epoch:
                     own.epoch = epoch
+                if int(last) > own.hi:  # notes were lost: what they carried is read remotely
+                    own.hi = int(last)
+                    own.cache.clear()
                     self._listener.on_data(topic)
                 if own.epoch:
                     self._track(topic, max(pttl, 1) / 1000 + 0.005)

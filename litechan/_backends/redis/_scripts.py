@@ -174,18 +174,19 @@ return 1
 )
 
 # KEYS: meta. ARGV: group, token, ttl_ms, known epoch ('' if none yet). Checks a subscription
-# and renews one that waits for its topic's first publish. Returns {owned(1|0), epoch, pttl}.
+# and renews one that waits for its topic's first publish.
+# Returns {owned(1|0), epoch, pttl, last offset}.
 LITE_KEEP: Final = Script(
     "lite_keep",
     """
 local meta, g, token = KEYS[1], ARGV[1], ARGV[2]
-local o, e = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e'))
+local o, e, n = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'n'))
 if not e and ARGV[4] == '' and (not o or o == token) then
   redis.call('HSET', meta, 'o:' .. g, token)
   redis.call('PEXPIRE', meta, ARGV[3])
-  return {1, '', redis.call('PTTL', meta)}
+  return {1, '', redis.call('PTTL', meta), 0}
 end
-return {o == token and 1 or 0, e or '', redis.call('PTTL', meta)}
+return {o == token and 1 or 0, e or '', redis.call('PTTL', meta), tonumber(n) or 0}
 """,
 )
 
