@@ -7,6 +7,7 @@ scope, and are closed with it. Nothing is fire-and-forget.
 
 from __future__ import annotations
 
+import contextlib
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, Self, final
 from urllib.parse import urlsplit
@@ -107,7 +108,10 @@ class Broker:
             await self._backend.start(task_group)
         except BaseException as exc:
             task_group.cancel_scope.cancel()
-            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            # The task group wraps exc in an ExceptionGroup; the caller wants exc itself (a
+            # BrokerUnavailable, say), so the group, made only of this failure, is dropped.
+            with contextlib.suppress(BaseExceptionGroup):
+                await task_group.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         self._task_group = task_group
         self._state = "open"

@@ -1,0 +1,128 @@
+"""The Redis backend's connection edge: URLs, options, TLS, unix sockets, ACL users, errors.
+
+The guarantees themselves are proven by the conformance kit and the state machine (run against
+Redis in test_conformance.py and test_model.py) and the fault tests in test_redis_faults.py.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+import redis
+from redis_support import RedisServer, fresh_namespace, litechan_url
+
+import litechan
+
+pytestmark = pytest.mark.anyio
+
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+
+async def _round_trip(url: str) -> None:
+    with anyio.fail_after(20):
+        async with litechan.connect(url) as broker:
+            replies = broker.lite_topics("replies")
+            async with replies.subscriber(group="gw", name="gw-1") as sub:
+                channel = await sub.subscribe("s1")
+                assert await replies.publish("s1", b"hello") == 1
+                msg = await anext(aiter(channel))
+                assert (msg.offset, msg.payload) == (1, b"hello")
+                await msg.ack()
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("nosuch=1", "unknown option 'nosuch'"),
+        ("lease=0", "lease"),
+        ("retry=abc", "retry"),
+        ("pool_size=0", "pool_size"),
+        ("acks=maybe", "acks"),
+        ("namespace=a:b", "namespace"),
+    ],
+)
+def test_bad_options_are_rejected_at_connect(query: str, complaint: str) -> None:
+    """A malformed or unknown URL option raises InvalidArgument naming it, before any I/O."""
+    with pytest.raises(litechan.InvalidArgument, match=complaint):
+        litechan.connect(f"redis://127.0.0.1:1/0?{query}")
+
+
+def test_urls_need_a_host_or_a_path() -> None:
+    """redis:// without a host and unix:// without a path are InvalidArgument."""
+    with pytest.raises(litechan.InvalidArgument, match="host"):
+        litechan.connect("redis:///0")
+    with pytest.raises(litechan.InvalidArgument, match="path"):
+        litechan.connect("unix://")
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_is_refused_clearly() -> None:
+    """Opening a Redis broker under trio raises InvalidArgument saying asyncio is needed."""
+    with anyio.fail_after(10), pytest.raises(litechan.InvalidArgument, match="asyncio only"):
+        async with litechan.connect("redis://127.0.0.1:1/0"):
+            pass
+
+
+@asyncio_only
+async def test_unreachable_server_is_broker_unavailable() -> None:
+    """A server that refuses connections gives BrokerUnavailable at connect, not a redis-py error."""
+    with anyio.fail_after(20), pytest.raises(litechan.BrokerUnavailable, match="unreachable"):
+        async with litechan.connect("redis://127.0.0.1:1/0?connect_timeout=1"):
+            pass
+
+
+@asyncio_only
+async def test_unix_socket(redis_server: RedisServer) -> None:
+    """unix:// URLs reach the server through its socket."""
+    await _round_trip(litechan_url(redis_server.unix_url, namespace=fresh_namespace("unix")))
+
+
+@asyncio_only
+async def test_tls() -> None:
+    """rediss:// URLs talk TLS, verifying the server against the CA given in the URL."""
+    with RedisServer(tls=True) as server:
+        await _round_trip(litechan_url(server.tls_url, namespace=fresh_namespace("tls")))
+
+
+@asyncio_only
+async def test_acl_user_and_password_from_the_url(own_redis_server: RedisServer) -> None:
+    """The user and password of the URL authenticate; wrong ones are BrokerUnavailable."""
+    admin = redis.Redis(host=own_redis_server.host, port=own_redis_server.port)
+    try:
+        admin.acl_setuser(
+            "gateway",
+            enabled=True,
+            passwords=["+s3cret"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all"],
+        )
+    finally:
+        admin.close()
+    base = f"redis://gateway:s3cret@127.0.0.1:{own_redis_server.port}/0"
+    await _round_trip(litechan_url(base, namespace=fresh_namespace("acl")))
+    wrong = f"redis://gateway:nope@127.0.0.1:{own_redis_server.port}/0"
+    with anyio.fail_after(20), pytest.raises(litechan.BrokerUnavailable):
+        async with litechan.connect(wrong):
+            pass
+
+
+@asyncio_only
+async def test_namespaces_are_isolated(redis_base_url: str) -> None:
+    """The same parent, lite topic and group in two namespaces never see each other (G10)."""
+    url_a = litechan_url(redis_base_url, namespace=fresh_namespace("a"))
+    url_b = litechan_url(redis_base_url, namespace=fresh_namespace("b"))
+    with anyio.fail_after(20):
+        async with litechan.connect(url_a) as a, litechan.connect(url_b) as b:
+            assert await a.lite_topics("replies").publish("s1", b"in a") == 1
+            assert await b.lite_topics("replies").publish("s1", b"in b") == 1
+            audio_a = a.ordered_topic("audio", partitions=2)
+            await audio_a.send("k", b"x")
+            b.ordered_topic("audio", partitions=8)  # another spec is fine in another namespace
+            async with b.lite_topics("replies").subscriber(group="gw", name="gw") as sub:
+                channel = await sub.subscribe("s1", start="earliest")
+                msg = await anext(aiter(channel))
+                assert msg.payload == b"in b"
+                await msg.ack()
+            assert (await b.lite_topics("replies").stats()).topics == 1
+            assert (await audio_a.stats()).length == 1
