@@ -65,7 +65,7 @@ async def test_trio_is_refused_clearly() -> None:
 
 @asyncio_only
 async def test_unreachable_server_is_broker_unavailable() -> None:
-    """A server that refuses connections gives BrokerUnavailable at connect, not a redis-py error."""
+    """A server refusing connections gives BrokerUnavailable at connect, not a redis-py error."""
     with anyio.fail_after(20), pytest.raises(litechan.BrokerUnavailable, match="unreachable"):
         async with litechan.connect("redis://127.0.0.1:1/0?connect_timeout=1"):
             pass
