@@ -5,8 +5,8 @@ queue commands and await their replies; one flusher task writes everything queue
 pipeline on one connection and reads the replies back in order. While a batch is on the wire the
 next one accumulates, so a hundred coroutines publishing at once cost a few round trips, not a
 hundred (see docs/design.md for the measurements). Commands are packed here (RESP is a few lines)
-and replies parsed by redis-py's hiredis reader: redis-py's own pipeline object costs several
-times more per command than the server does.
+and replies parsed by one ``hiredis.Reader`` per connection (``_wire``): redis-py's own pipeline
+object and ``read_response`` cost several times more per command than the server does.
 
 One connection also gives FIFO order across callers: an ack queued before a partition is
 released reaches Redis before the release.
@@ -165,8 +165,8 @@ class _Call:
 class Settled:
     """Acks queued by a member and the callers waiting until they have reached Redis.
 
-    A member queues acks (coalesced per topic) and registers :meth:`flush` as a hook of the
-    next batch; ``await settled.wait()`` returns once that batch has been answered, so an ack
+    A member queues acks (coalesced per topic); :meth:`queued` registers the member's flush as
+    a hook of the next batch; ``await settled.wait()`` returns once that batch has been answered, so an ack
     that returned is durable (G3) while concurrent acks still share one round trip.
     """
 

@@ -27,7 +27,6 @@ import anyio.abc
 import msgspec
 import structlog
 
-from ..._errors import ConfigMismatch
 from ..._types import EndReason, LiteTopicLag, LiteTopicsStats
 from ..base import LiteBatch, LiteListener, LiteRecord, LiteSpec, Start, Subscription
 from ._client import Client, Settled, entry_body
@@ -505,11 +504,3 @@ class RedisLiteMember:
                     self._track(topic, max(pttl, 1) / 1000 + 0.005)
                 else:  # waiting for the first publish: renew well before the record lapses
                     self._track(topic, max(pttl, 2) / 2000)
-
-
-def check_spec(known: str, asked: str, parent: str) -> None:
-    if known != asked:
-        raise ConfigMismatch(
-            f"lite-topic parent {parent!r} is declared on this server with {known}; asked "
-            f"{asked}; declare it with the same settings everywhere, or use another name"
-        )

@@ -40,8 +40,8 @@ class RedisOptions:
     #: may redeliver messages acked just before it; a sequential reader is not bound by the
     #: round trip).
     acks: str = "sync"
-    #: How long publish/send keep retrying while the server is unreachable before they raise
-    #: BrokerUnavailable.
+    #: How long a call (publish, send, subscribe, ...) keeps waiting for a connection while the
+    #: server is unreachable before it raises BrokerUnavailable.
     retry: float = 5.0
 
 
