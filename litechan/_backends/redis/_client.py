@@ -166,8 +166,9 @@ class Settled:
     """Acks queued by a member and the callers waiting until they have reached Redis.
 
     A member queues acks (coalesced per topic); :meth:`queued` registers the member's flush as
-    a hook of the next batch; ``await settled.wait()`` returns once that batch has been answered, so an ack
-    that returned is durable (G3) while concurrent acks still share one round trip.
+    a hook of the next batch; ``await settled.wait()`` returns once that batch has been
+    answered, so an ack that returned is durable (G3) while concurrent acks still share one
+    round trip.
     """
 
     __slots__ = ("_client", "_flush", "_hooked", "_waiting")
