@@ -245,8 +245,9 @@ async def test_killed_subscriber_unacked_replies_resume_in_order(redis_url: str)
 
 
 async def test_ack_returned_before_a_crash_is_not_redelivered(redis_url: str) -> None:
-    """A reply whose ack() returned is not redelivered after its gateway dies at once (G3)."""
-    url = litechan_url(redis_url, lease=LEASE)
+    """With acks=sync, a reply whose ack() returned is not redelivered after its gateway dies
+    at once (G3)."""
+    url = litechan_url(redis_url, lease=LEASE, acks="sync")
     ack_upto = 5
     with anyio.fail_after(60):
         async with litechan.connect(url) as broker:

@@ -35,11 +35,11 @@ class RedisOptions:
     #: How long a worker owns a partition without renewing it; a crashed worker's partitions
     #: move to the survivors within about this time.
     lease: float = 10.0
-    #: "sync": ack() returns once the ack is on the server (an acked message is never
-    #: redelivered, G3); "async": ack() returns once it is queued for the next batch (a crash
-    #: may redeliver messages acked just before it; a sequential reader is not bound by the
-    #: round trip).
-    acks: str = "sync"
+    #: "async": ack() returns once the ack is queued for the next batch, which leaves at once (a
+    #: sequential reader is not held up by the round trip; a crash may redeliver what was
+    #: acked in the last moment, as with RabbitMQ or NATS acks); "sync": ack() returns once the
+    #: ack is on the server (an acked message is never redelivered).
+    acks: str = "async"
     #: How long a call (publish, send, subscribe, ...) keeps waiting for a connection while the
     #: server is unreachable before it raises BrokerUnavailable.
     retry: float = 5.0
