@@ -306,6 +306,21 @@ def make_tls_files(directory: Path) -> TlsFiles:
 # the server
 
 
+# Runs redis-server ("$@") in the background with its output appended to $1, prints its pid,
+# and SIGKILLs it when our end of its stdin closes: even when the test process dies by a signal
+# (SIGKILL, a CI timeout), no server outlives it. Exits with the server's exit status.
+_GUARD: Final = """
+out=$1; shift
+exec 3<&0
+"$@" </dev/null >>"$out" 2>&1 &
+pid=$!
+echo "$pid"
+( read -r _ <&3; kill -9 "$pid" 2>/dev/null ) &
+exec 3<&-
+wait "$pid"
+"""
+
+
 class RedisServer:
     """A private ``redis-server`` process for tests.
 
@@ -313,7 +328,8 @@ class RedisServer:
     :meth:`restart`), and optionally on a unix socket (``unix_socket=True``) and a TLS port
     (``tls=True``: a CA and certificate are generated with the ``openssl`` CLI). Nothing is
     persisted (``--save "" --appendonly no``), so a restarted server is empty. The log goes to
-    ``log_path`` in the server's temporary directory, which :meth:`close` removes.
+    ``log_path`` in the server's temporary directory, which :meth:`close` removes. The server
+    runs under a small shell guard that kills it when the test process dies, however it dies.
 
     Use as a context manager (``with RedisServer() as server:``) or call :meth:`start` and
     :meth:`close`.
@@ -338,7 +354,8 @@ class RedisServer:
         self.tls_files = make_tls_files(self.directory) if tls else None
         self.port = 0
         self.tls_port = 0
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | None = None  # the guard shell
+        self._server_pid = 0  # redis-server itself, the guard's child
         self._closed = False
 
     # -- addresses
@@ -368,8 +385,7 @@ class RedisServer:
     @property
     def pid(self) -> int | None:
         """The server's process id while it runs."""
-        process = self._process
-        return process.pid if process is not None and process.poll() is None else None
+        return self._server_pid if self.running else None
 
     @property
     def running(self) -> bool:
@@ -447,17 +463,20 @@ class RedisServer:
         marks = {path: _size(path) for path in (self.log_path, self.output_path)}
         with self.output_path.open("ab") as output:
             process = subprocess.Popen(
-                self._command(),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
+                ["/bin/sh", "-c", _GUARD, "guard", str(self.output_path), *self._command()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=output,
                 cwd=self.directory,
             )
+        assert process.stdout is not None
+        with process.stdout:
+            self._server_pid = int(process.stdout.readline() or 0)
         self._process = process
         while True:
             code = process.poll()
             if code is not None:
-                self._process = None
+                self._reap(signal.SIGKILL)  # closes the guard's pipe
                 reason = f"it exited with code {code}"
                 break
             if _ping(self.host, self.port):
@@ -473,18 +492,25 @@ class RedisServer:
         return reason, output_text
 
     def _reap(self, sig: signal.Signals) -> None:
+        """Send *sig* to redis-server, wait for it (SIGKILL after 10 s), release the guard."""
         process, self._process = self._process, None
         if process is None:
             return
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(sig)
-            try:
-                process.wait(timeout=_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
+        try:
+            if process.poll() is None and self._server_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._server_pid, sig)
+                try:
+                    process.wait(timeout=_STOP_TIMEOUT)  # the guard exits with the server
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self._server_pid, signal.SIGKILL)
+                    process.wait(timeout=_STOP_TIMEOUT)
+        finally:
+            if process.stdin is not None:
+                process.stdin.close()  # the guard's watchdog ends
+            if process.poll() is None:
                 process.kill()
-                process.wait(timeout=_STOP_TIMEOUT)
-        else:
             process.wait()
 
     def kill(self) -> None:
