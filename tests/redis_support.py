@@ -65,7 +65,7 @@ REDIS_URL_ENV: Final = "LITECHAN_TEST_REDIS_URL"
 
 #: Query options of a litechan Redis URL that redis-py does not understand.
 LITECHAN_URL_OPTIONS: Final = frozenset(
-    {"namespace", "lease", "retry", "pool_size", "connect_timeout", "socket_timeout"}
+    {"namespace", "lease", "retry", "acks", "pool_size", "connect_timeout", "socket_timeout"}
 )
 
 _INSTALL_HINT: Final = (

@@ -9,6 +9,8 @@ messages, never on sleeps. Everything runs on asyncio: redis-py's client is asyn
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,7 +35,9 @@ from structlog.testing import capture_logs
 
 import litechan
 
-pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("anyio_backend", ["asyncio"])]
+# Async tests run on asyncio only (redis-py's client is asyncio-only); sync ones ignore this.
+pytestmark = pytest.mark.anyio
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
 
 T = TypeVar("T")
 
@@ -174,6 +178,7 @@ GARBAGE: list[dict[str | bytes, str | bytes | int]] = [
 # 1. a gateway process SIGKILLed mid-stream
 
 
+@asyncio_only
 async def test_killed_subscriber_unacked_replies_resume_in_order(redis_url: str) -> None:
     """A SIGKILLed gateway loses nothing: the next one resumes after its last ack (G3 G6 G7)."""
     url = litechan_url(redis_url, lease=LEASE)
@@ -244,9 +249,9 @@ async def test_killed_subscriber_unacked_replies_resume_in_order(redis_url: str)
                 assert {m.lite_topic for m in b_messages} == {"sess-b"}
 
 
+@asyncio_only
 async def test_ack_returned_before_a_crash_is_not_redelivered(redis_url: str) -> None:
-    """With acks=sync, a reply whose ack() returned is not redelivered after its gateway dies
-    at once (G3)."""
+    """With acks=sync, a reply whose ack() returned is never redelivered after a crash (G3)."""
     url = litechan_url(redis_url, lease=LEASE, acks="sync")
     ack_upto = 5
     with anyio.fail_after(60):
@@ -282,6 +287,7 @@ async def test_ack_returned_before_a_crash_is_not_redelivered(redis_url: str) ->
 # 2. a worker process SIGKILLed while owning partitions
 
 
+@asyncio_only
 async def test_killed_worker_partitions_move_and_nothing_is_lost(redis_url: str) -> None:
     """A SIGKILLed worker's partitions move within the lease; all acked once, in key order."""
     url = litechan_url(redis_url, lease=LEASE)
@@ -399,6 +405,7 @@ async def test_killed_worker_partitions_move_and_nothing_is_lost(redis_url: str)
 # 3. the network to Redis cut for 2 s
 
 
+@asyncio_only
 async def test_two_second_cut_is_survived_within_retry(redis_server: RedisServer) -> None:
     """With retry=5 a 2 s cut raises nothing; every message is then delivered, in order."""
     namespace = fresh_namespace("cut-retry")
@@ -505,6 +512,7 @@ async def _publish_through_a_cut(proxy: TcpProxy, url: str) -> dict[str, Any]:
     }
 
 
+@asyncio_only
 async def test_two_second_cut_raises_broker_unavailable_past_retry(
     redis_server: RedisServer,
 ) -> None:
@@ -571,6 +579,7 @@ async def _publish_when_back(replies: litechan.LiteTopics, payload: bytes) -> in
 # 4. Redis restarted empty
 
 
+@asyncio_only
 async def test_server_restarted_empty(own_redis_server: RedisServer) -> None:
     """Redis restarted empty: channels end EXPIRED, topics restart at 1, consumers go on."""
     url = litechan_url(own_redis_server.url, lease=LEASE)
@@ -629,6 +638,7 @@ async def test_server_restarted_empty(own_redis_server: RedisServer) -> None:
 # 5. garbage written into litechan's streams
 
 
+@asyncio_only
 async def test_garbage_in_a_lite_topic_stream(redis_url: str) -> None:
     """Garbage in a lite topic's stream is skipped with a warning; valid replies flow on (G12)."""
     namespace = namespace_of(redis_url)
@@ -673,6 +683,7 @@ async def test_garbage_in_a_lite_topic_stream(redis_url: str) -> None:
     assert litechan_warnings(logs), f"no litechan warning logged for garbage: {logs}"
 
 
+@asyncio_only
 async def test_garbage_in_a_partition_stream(redis_url: str) -> None:
     """Garbage in a partition stream is dead-lettered with a warning, blocks no key (G12)."""
     namespace = namespace_of(redis_url)
@@ -740,3 +751,57 @@ async def _dead_letters(topic: litechan.OrderedTopic, count: int) -> list[litech
                 return dead
             await anyio.sleep(0.05)  # no event announces a dead letter: poll, bounded
     raise AssertionError(f"want {count} dead letters, have {await topic.dead_letters('asr')}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. a deadline passing around an open broker
+
+
+#: Opens a broker (and a consumer holding a message, or a subscriber) inside a 0.3 s deadline,
+#: then reports how long leaving took. Run in a child so that a hang cannot hang the suite.
+_DEADLINE_SCRIPT = """
+import sys, time, anyio, litechan
+
+async def main(url, what):
+    started = time.monotonic()
+    with anyio.move_on_after(0.3):
+        async with litechan.connect(url) as broker:
+            if what == "consumer":
+                topic = broker.ordered_topic("audio", partitions=4)
+                await topic.send("k", b"x")
+                async with topic.consumer(group="asr", name="w-1") as consumer:
+                    async for msg in consumer:
+                        await anyio.sleep(30)  # holding a message when the deadline passes
+            elif what == "subscriber":
+                replies = broker.lite_topics("replies")
+                await replies.publish("sess-1", b"x")
+                async with replies.subscriber(group="gateways", name="gw-1") as subscriber:
+                    async for msg in await subscriber.subscribe("sess-1"):
+                        await anyio.sleep(30)
+            else:
+                await anyio.sleep(30)
+    print(f"left after {time.monotonic() - started:.2f} s", flush=True)
+
+anyio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("what", ["broker", "consumer", "subscriber"])
+def test_deadline_around_an_open_broker_does_not_hang(redis_url: str, what: str) -> None:
+    """A deadline (cancel scope) passing around an open broker ends it promptly, never hangs."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _DEADLINE_SCRIPT, redis_url, what],
+            capture_output=True,
+            timeout=15,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"leaving `async with connect()` ({what} open) after its deadline passed hangs: "
+            "still there 15 s later (killed)"
+        ) from None
+    output = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, output
+    left_after = float(output.split("left after ")[1].split()[0])
+    assert left_after < 3.0, output
