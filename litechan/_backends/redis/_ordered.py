@@ -220,6 +220,7 @@ class RedisGroupMember:
         self._closed = False
         self._rebalance = anyio.Event()
         self._scope = anyio.CancelScope()
+        self._balancing = anyio.Lock()
         members[member_id] = self
 
     @property
@@ -268,6 +269,13 @@ class RedisGroupMember:
                     )
 
     async def _balance(self) -> None:
+        # One round at a time, and none once closed: aclose() takes the lock, so a claim that
+        # was on the wire when it began is recorded in _owned and released with the rest.
+        async with self._balancing:
+            if not self._closed:
+                await self._balance_once()
+
+    async def _balance_once(self) -> None:
         topic = self._topic
         live = await self._client.run(
             ORDERED_HEARTBEAT,
@@ -327,7 +335,7 @@ class RedisGroupMember:
             for p in wanted
         )
         for p, reply in zip(wanted, claims, strict=True):
-            if isinstance(reply, list) and int(reply[0]) == 1 and not self._closed:
+            if isinstance(reply, list) and int(reply[0]) == 1:
                 self._owned[p] = int(reply[1])
                 self._dirty.add(p)
                 changed = True
@@ -532,6 +540,7 @@ class RedisGroupMember:
         if self._closed:
             return
         self._closed = True
+        await self._balancing.acquire()  # let a round in progress record what it claimed
         self._scope.cancel()
         self._members.pop(self._id, None)
         owned, self._owned = self._owned, {}
