@@ -639,6 +639,8 @@ class TcpProxy:
         self._links: set[_Link] = set()
         self._mode: CutMode | None = None
         self._restore_at: float | None = None
+        self._restored = threading.Event()
+        self._restored.set()
         self._running = False
         self._error: BaseException | None = None
 
@@ -654,6 +656,11 @@ class TcpProxy:
         if self.port == 0:
             raise RedisServerError("the proxy was never started: call start() first")
         return f"redis://{self.host}:{self.port}/0"
+
+    def wait_restored(self, timeout: float) -> bool:
+        """Block until the network is restored (by a timed cut or :meth:`restore`); return
+        whether it was within *timeout* seconds. Call it from a worker thread in async code."""
+        return self._restored.wait(timeout)
 
     @property
     def is_cut(self) -> bool:
@@ -803,6 +810,7 @@ class TcpProxy:
     def _do_cut(self, mode: CutMode, restore_at: float | None) -> None:
         self._mode = mode
         self._restore_at = restore_at
+        self._restored.clear()
         if mode is CutMode.RESET:
             self._drop_links()
         else:
@@ -814,6 +822,7 @@ class TcpProxy:
             self._drop_links()  # their byte streams lost data: they cannot be resumed
         self._mode = None
         self._restore_at = None
+        self._restored.set()
 
     def _accept(self) -> None:
         assert self._listener is not None
