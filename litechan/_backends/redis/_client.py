@@ -194,7 +194,7 @@ class Settled:
         waiting = self._waiting
         if waiting is None:
             waiting = self._waiting = asyncio.get_running_loop().create_future()
-        await self._client.wait(waiting)
+        await asyncio.shield(waiting)
 
     def _run(self) -> None:
         self._hooked = False
@@ -227,8 +227,7 @@ class Client:
         self._closed = False
         self._hooks: list[Callable[[], None]] = []
         self._held: set[AbstractConnection] = set()
-        # Resolved when the flusher task has ended (see wait()).
-        self._flusher_gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flusher_scope = anyio.CancelScope(shield=True)
         self.connected = asyncio.Event()
 
     @property
@@ -250,6 +249,7 @@ class Client:
     async def aclose(self) -> None:
         self._closed = True
         self._has_work.set()
+        self._flusher_scope.cancel()
         wire, self._conn = self._conn, None
         if wire is not None:
             await self._release(wire.conn)
@@ -275,7 +275,7 @@ class Client:
         """Run one command (batched with whatever else is queued) and return its reply."""
         future = self._enqueue(pack(args), True).future
         assert future is not None
-        return await self.wait(future)
+        return await future
 
     def call_soon(self, *args: Arg) -> None:
         """Queue one command whose reply nobody waits for (errors are logged)."""
@@ -286,7 +286,7 @@ class Client:
         packed = pack(("EVALSHA", script.sha, len(keys), *keys, *args))
         future = self._enqueue(packed, True, (script, (*keys, *args), len(keys))).future
         assert future is not None
-        return await self.wait(future)
+        return await future
 
     def run_soon(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> None:
         """Queue *script* without waiting for its reply (acks): FIFO with every other call."""
@@ -320,43 +320,7 @@ class Client:
             future = self._enqueue(pack(args), True).future
             assert future is not None
             futures.append(future)
-        if futures:
-            await self.wait(futures[-1])  # FIFO: the last one is answered after the others
         return list(await asyncio.gather(*futures, return_exceptions=True))
-
-    async def wait(self, future: asyncio.Future[Any]) -> Any:
-        """Await the reply *future* of a queued call.
-
-        Normally the flusher task answers it. When that task is gone (a deadline around the
-        broker cancelled its task group while the broker closes under a shield), the caller
-        flushes the queue itself, so a close never waits for a task that no longer runs.
-        """
-        while not future.done():
-            if self._flusher_gone.done():
-                await self._flush_inline()
-                break
-            await asyncio.wait((future, self._flusher_gone), return_when=asyncio.FIRST_COMPLETED)
-        return await future
-
-    async def _flush_inline(self) -> None:
-        """Flush everything queued from the calling task, in one bounded attempt."""
-        options = self._options
-        error: BaseException = BrokerUnavailable("the broker's Redis connection is closed")
-        with anyio.move_on_after(options.connect_timeout + options.socket_timeout):
-            try:
-                while (self._hooks or self._queue) and not self._closed:
-                    hooks, self._hooks = self._hooks, []
-                    for hook in hooks:
-                        hook()
-                    if self._conn is None:
-                        self._conn = await self._connect()
-                    await self._flush(self._conn)
-            except CONNECTION_ERRORS as exc:
-                error = translate(exc, "closing the broker")
-        for call in self._queue:
-            if call.future is not None and not call.future.done():
-                call.future.set_exception(error)
-        self._queue.clear()
 
     # -- the flusher -----------------------------------------------------------------------------
 
@@ -386,11 +350,11 @@ class Client:
             await self._pool.release(conn)
 
     async def _flush_forever(self) -> None:
-        try:
+        # Shielded: a deadline around the broker cancels its task group, yet the broker still
+        # closes (under a shield) by sending releases and unsubscribes that this task must
+        # answer. Only aclose() stops it.
+        with self._flusher_scope:
             await self._flush_loop()
-        finally:
-            if not self._flusher_gone.done():
-                self._flusher_gone.set_result(None)
 
     async def _flush_loop(self) -> None:
         backoff = _BACKOFF_MIN
