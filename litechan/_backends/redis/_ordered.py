@@ -387,8 +387,7 @@ class RedisGroupMember:
                 continue
             if reply and reply[0] == b"F":
                 if self._owned.get(p) == generation:
-                    self._drop(p)
-                    revoked.append(p) if p not in revoked else None
+                    self._drop(p)  # reported through _to_revoke below
                 continue
             trimmed = int(reply[0])
             if trimmed:
