@@ -39,21 +39,17 @@ import argparse
 import asyncio
 import platform
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import timeit
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Final
 from urllib.parse import urlsplit
 
 import anyio
 import redis
 import redis.asyncio
+from _common import RedisServer, redis_server
 from redis.asyncio.connection import Connection
 
 import litechan
@@ -76,75 +72,6 @@ TARGET_BYTES: Final = 1024  # per idle lite topic (d)
 # -- the private redis-server ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def redis_server(binary: str) -> Iterator[int]:
-    """Run a private redis-server without persistence on a free port; yield the port."""
-    with tempfile.TemporaryDirectory(prefix="litechan-alt-") as workdir:
-        port = _free_port()
-        process = subprocess.Popen(
-            [
-                binary,
-                *("--port", str(port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
-                *("--dir", workdir, "--logfile", str(Path(workdir) / "redis.log")),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            client = redis.Redis(host="127.0.0.1", port=port)
-            deadline = time.monotonic() + 10.0
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"{binary} did not start on port {port}") from None
-                    time.sleep(0.02)
-            client.close()
-            yield port
-        finally:
-            process.terminate()
-            try:
-                process.wait(10.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-class Server:
-    """A synchronous client of the private server, for flushing and inspecting it."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60)
-
-    def flush(self) -> None:
-        self.client.flushall(asynchronous=False)
-
-    def info(self, section: str) -> dict[str, Any]:
-        info: dict[str, Any] = self.client.info(section)
-        return info
-
-    def cpu(self) -> float:
-        """CPU seconds (user + system) the server has used since it started."""
-        cpu = self.info("cpu")
-        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-
-    def used_memory(self) -> int:
-        return int(self.info("memory")["used_memory"])
-
-
 def row(label: str, value: str, ratio: float | None = None) -> None:
     shown = "" if ratio is None else f"{ratio:8.2f}x"
     print(f"   {label:<52} {value:>18} {shown}".rstrip())
@@ -160,7 +87,7 @@ async def _timed(run: Callable[[int], Awaitable[None]], count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-async def xadd_plain(server: Server, count: int) -> float:
+async def xadd_plain(server: RedisServer, count: int) -> float:
     """100 tasks, each awaiting one XADD after another, through redis.asyncio.Redis."""
     client = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
 
@@ -180,7 +107,7 @@ async def xadd_plain(server: Server, count: int) -> float:
         await client.aclose()
 
 
-async def xadd_pipelined(server: Server, count: int) -> float:
+async def xadd_pipelined(server: RedisServer, count: int) -> float:
     """One task sending the same XADDs in redis-py pipelines of 200."""
     client = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
 
@@ -199,9 +126,9 @@ async def xadd_pipelined(server: Server, count: int) -> float:
         await client.aclose()
 
 
-async def xadd_litechan(server: Server, count: int) -> float:
+async def xadd_litechan(server: RedisServer, count: int) -> float:
     """100 tasks, each awaiting one XADD after another, through litechan's auto-batching Client."""
-    options = parse_url(urlsplit(server.url))
+    options = parse_url(urlsplit(server.url("alternatives")))
     client = Client(options, connection_pool(options))
 
     async def run(total: int) -> None:
@@ -224,7 +151,7 @@ async def xadd_litechan(server: Server, count: int) -> float:
     return rate
 
 
-async def measure_batching(server: Server) -> dict[str, float]:
+async def measure_batching(server: RedisServer) -> dict[str, float]:
     print(
         f"a. XADD of {len(PAYLOAD)} bytes, {XADDS:,} messages per contender, "
         f"best of {ROUNDS} interleaved rounds"
@@ -279,7 +206,7 @@ def measure_packing() -> dict[str, float]:
 # -- c. delivery to a subscriber owning S streams -------------------------------------------------
 
 
-async def _raw(server: Server) -> Connection:
+async def _raw(server: RedisServer) -> Connection:
     conn = Connection(host="127.0.0.1", port=server.port, socket_timeout=None, protocol=2)
     await conn.connect()  # type: ignore[no-untyped-call]
     return conn
@@ -310,7 +237,7 @@ async def _disconnect(conn: Connection) -> None:
 
 
 async def _publish(
-    server: Server, delivery: _Delivery, keys: list[str], note: str | None, deadline: float
+    server: RedisServer, delivery: _Delivery, keys: list[str], note: str | None, deadline: float
 ) -> int:
     """Publish round-robin over *keys*, PACE per pipeline, each batch once the previous one was
     delivered; stop after DELIVERIES messages or at *deadline*. Return how many were sent."""
@@ -334,7 +261,7 @@ async def _publish(
         await _disconnect(conn)
 
 
-async def _read_xread(server: Server, delivery: _Delivery, keys: list[str]) -> None:
+async def _read_xread(server: RedisServer, delivery: _Delivery, keys: list[str]) -> None:
     """Loop XREAD BLOCK over every key with its last id (until cancelled)."""
     conn = await _raw(server)
     index = {key.encode(): i for i, key in enumerate(keys)}
@@ -358,7 +285,7 @@ async def _read_xread(server: Server, delivery: _Delivery, keys: list[str]) -> N
         await _disconnect(conn)
 
 
-async def _read_notes(server: Server, delivery: _Delivery, channel: str) -> None:
+async def _read_notes(server: RedisServer, delivery: _Delivery, channel: str) -> None:
     """Read the messages published to *channel* (until cancelled)."""
     conn = await _raw(server)
     try:
@@ -374,7 +301,7 @@ async def _read_notes(server: Server, delivery: _Delivery, channel: str) -> None
         await _disconnect(conn)
 
 
-async def deliver(server: Server, mode: str) -> tuple[float, float, float, int]:
+async def deliver(server: RedisServer, mode: str) -> tuple[float, float, float, int]:
     """(msg/s wall, µs of server + client CPU per message, messages per read, delivered)."""
     keys = [f"alt:c:{uuid.UUID(int=i, version=4)}" for i in range(STREAMS)]
     channel = "alt:c:notes"
@@ -386,21 +313,21 @@ async def deliver(server: Server, mode: str) -> tuple[float, float, float, int]:
             tg.start_soon(_read_notes, server, delivery, channel)
         await delivery.ready.wait()
         await asyncio.sleep(0.05)  # the reader's first command is in effect
-        server_cpu = server.cpu()
+        server_cpu = server.cpu_seconds()
         client_cpu = time.process_time()
         start = time.perf_counter()
         sent = await _publish(
             server, delivery, keys, None if mode == "xread" else channel, start + BUDGET
         )
         wall = time.perf_counter() - start
-        cpu = (time.process_time() - client_cpu) + (server.cpu() - server_cpu)
+        cpu = (time.process_time() - client_cpu) + (server.cpu_seconds() - server_cpu)
         tg.cancel_scope.cancel()
     n = delivery.received
     assert n == sent, (n, sent)
     return n / wall, cpu / n * 1e6, n / max(1, delivery.reads), n
 
 
-async def measure_delivery(server: Server) -> dict[str, float]:
+async def measure_delivery(server: RedisServer) -> dict[str, float]:
     print(
         f"c. {DELIVERIES:,} messages of {len(PAYLOAD)} B to one reader owning {STREAMS:,} "
         f"streams, round-robin, batches of {PACE}"
@@ -431,14 +358,14 @@ async def measure_delivery(server: Server) -> dict[str, float]:
 # -- d. memory per idle lite topic ----------------------------------------------------------------
 
 
-async def _footprint(server: Server, namespace: str) -> tuple[float, float, dict[str, int]]:
+async def _footprint(server: RedisServer, namespace: str) -> tuple[float, float, dict[str, int]]:
     """(used_memory growth per topic, keys per topic, MEMORY USAGE of one topic's keys)."""
     server.flush()
     topics = [str(uuid.UUID(int=i, version=4)) for i in range(TOPICS)]
     await asyncio.sleep(0.2)
     before = server.used_memory()
     keys_before = int(server.client.dbsize())
-    async with litechan.connect(f"{server.url}?namespace={namespace}") as broker:
+    async with litechan.connect(server.url(namespace)) as broker:
         replies = broker.lite_topics("replies")
 
         async def publish(offset: int) -> None:
@@ -459,7 +386,7 @@ async def _footprint(server: Server, namespace: str) -> tuple[float, float, dict
     return (after - before) / TOPICS, keys / TOPICS, usage
 
 
-async def measure_memory(server: Server) -> dict[str, float]:
+async def measure_memory(server: RedisServer) -> dict[str, float]:
     print(
         f"d. Redis memory per idle lite topic with one {len(PAYLOAD)} B message "
         f"({TOPICS:,} topics, ttl 600 s)"
@@ -489,20 +416,15 @@ async def measure_memory(server: Server) -> dict[str, float]:
 # -- main -----------------------------------------------------------------------------------------
 
 
-async def measure_all(port: int) -> None:
-    server = Server(port)
-    try:
-        version = server.info("server")["redis_version"]
-        print(
-            f"redis_alternatives: redis-server {version}, Python {platform.python_version()}, "
-            f"redis-py {redis.__version__}, litechan {litechan.__version__}, asyncio"
-        )
-        await measure_batching(server)
-        measure_packing()
-        await measure_delivery(server)
-        await measure_memory(server)
-    finally:
-        server.client.close()
+async def measure_all(server: RedisServer) -> None:
+    print(
+        f"redis_alternatives: redis-server {server.version}, Python {platform.python_version()}, "
+        f"redis-py {redis.__version__}, litechan {litechan.__version__}, asyncio"
+    )
+    await measure_batching(server)
+    measure_packing()
+    await measure_delivery(server)
+    await measure_memory(server)
 
 
 def main() -> None:
@@ -513,8 +435,8 @@ def main() -> None:
         help="the redis-server binary to run (default: the one on PATH)",
     )
     args = parser.parse_args()
-    with redis_server(args.redis_server) as port:
-        anyio.run(measure_all, port, backend="asyncio")
+    with redis_server(args.redis_server) as server:
+        anyio.run(measure_all, server, backend="asyncio")
 
 
 if __name__ == "__main__":
