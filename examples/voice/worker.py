@@ -1,0 +1,204 @@
+"""The business process: consumes ``audio`` in a consumer group and answers on lite topics.
+
+Frames reach a worker in key order: the next frame of a session only after the previous one is
+acked, while other sessions go on (``ordering="key"``). Each frame is fed to the session's ASR
+and acked once its partial transcript, if any, is published. The last frame of an utterance is
+acked only when the whole reply (transcript, tokens, audio, ``done``) is published: a worker
+that dies in the middle of a reply leaves that frame un-acked, and the worker that takes the
+partition over answers the turn again, from the start (the user drops what it already has).
+
+Each message is handled in its own task, so a session waiting seconds for its LLM holds only
+its own key; the consumer's ``max_in_flight`` bounds how many sessions a worker answers at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import anyio
+import attrs
+import structlog
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+import litechan
+
+from .stages import Stages, Transcription
+from .wire import PARTIAL_EVERY, WORKERS, Frame, Reply, declare, reply_encoder
+
+logger = structlog.get_logger("voice.worker")
+
+MAX_IN_FLIGHT: Final = 10_000  # sessions one worker may be answering at the same time
+STALE_UTTERANCE: Final = 120.0  # seconds: forget an utterance whose user went silent mid-way
+
+
+@attrs.define
+class WorkerStats:
+    frames: int = 0
+    turns: int = 0
+    redelivered: int = 0  # frames delivered again after another worker died or moved
+    abandoned: int = 0  # replies stopped because their partition moved to another worker
+    rejected: int = 0  # messages that were not audio frames (dead-lettered)
+    failed: int = 0  # stage errors (the frame is nacked and tried again)
+
+
+@attrs.define
+class Utterance:
+    turn: int
+    transcription: Transcription
+    touched: float
+
+
+@attrs.define(eq=False)
+class Worker:
+    """One worker process's state: the utterances it is transcribing."""
+
+    name: str
+    consumer: litechan.Consumer
+    replies: litechan.LiteTopics
+    stages: Stages
+    stats: WorkerStats = attrs.Factory(WorkerStats)
+    utterances: dict[str, Utterance] = attrs.Factory(dict)
+
+    async def handle(self, msg: litechan.Message) -> None:
+        """Process one frame of ``msg.key``'s session, then settle it."""
+        try:
+            frame = Frame.decode(msg.payload)
+        except ValueError as exc:
+            self.stats.rejected += 1
+            await msg.reject(f"not an audio frame: {exc}")
+            return
+        self.stats.frames += 1
+        if msg.delivery_count > 1:
+            self.stats.redelivered += 1
+        try:
+            await self._process(msg, frame)
+        except Exception:
+            # A stage failed: try the frame again later, dead-letter it after max_deliveries.
+            self.stats.failed += 1
+            self.utterances.pop(msg.key, None)
+            logger.exception("voice.worker.stage_failed", session=msg.key, turn=frame.turn)
+            await msg.nack(delay=0.5)
+            return
+        await msg.ack()
+
+    async def _process(self, msg: litechan.Message, frame: Frame) -> None:
+        session = msg.key
+        now = anyio.current_time()
+        utterance = self.utterances.get(session)
+        if utterance is None or utterance.turn != frame.turn:
+            # The first frame we see of this utterance: frame.seq > 0 when we took it over.
+            transcription = self.stages.asr.open(session, frame.turn, frame.seq)
+            utterance = self.utterances[session] = Utterance(frame.turn, transcription, now)
+        utterance.touched = now
+        partial = await utterance.transcription.feed(frame)
+        if partial is not None:
+            seq = frame.seq // PARTIAL_EVERY
+            await self._publish(Reply(session, frame.turn, "partial", seq, partial.encode()))
+        if frame.last:
+            del self.utterances[session]
+            await self._respond(msg, frame, utterance.transcription, now)
+
+    async def _respond(
+        self, msg: litechan.Message, last: Frame, transcription: Transcription, t0: float
+    ) -> None:
+        """Run LLM and TTS for the turn; return once every reply is published."""
+        session, turn = msg.key, last.turn
+        outbox_in, outbox = anyio.create_memory_object_stream[Reply](math.inf)
+        async with anyio.create_task_group() as tg:
+            # Replies are published in order by one task, so the stages never wait for the link:
+            # what the user measures beyond the stages' own time is the link's overhead.
+            tg.start_soon(self._publish_all, msg, outbox, tg)
+            with outbox_in:
+                transcript = await transcription.finish()
+                outbox_in.send_nowait(Reply(session, turn, "transcript", 0, transcript.encode()))
+                tokens_in, tokens = anyio.create_memory_object_stream[str](math.inf)
+                count = _Counter()
+                tg.start_soon(self._think, msg.key, turn, transcript, tokens_in, outbox_in, count)
+                frames = 0
+                async with tokens:
+                    async for pcm in self.stages.tts.synthesize(session, turn, tokens):
+                        model_s = anyio.current_time() - t0 if frames == 0 else 0.0
+                        outbox_in.send_nowait(
+                            Reply(session, turn, "audio", frames, pcm, model_s=model_s)
+                        )
+                        frames += 1
+                totals = ((last.seq + 1) // PARTIAL_EVERY, count.value, frames)
+                outbox_in.send_nowait(Reply(session, turn, "done", 0, totals=totals))
+        if not tg.cancel_scope.cancelled_caught:
+            self.stats.turns += 1
+
+    async def _think(
+        self,
+        session: str,
+        turn: int,
+        transcript: str,
+        tokens_in: MemoryObjectSendStream[str],
+        outbox_in: MemoryObjectSendStream[Reply],
+        count: _Counter,
+    ) -> None:
+        """Stream the LLM's tokens to the user and to the TTS."""
+        with tokens_in:
+            async for token in self.stages.llm.complete(session, turn, transcript):
+                outbox_in.send_nowait(Reply(session, turn, "token", count.value, token.encode()))
+                count.value += 1
+                tokens_in.send_nowait(token)
+
+    async def _publish_all(
+        self,
+        msg: litechan.Message,
+        outbox: MemoryObjectReceiveStream[Reply],
+        scope: TaskGroup,
+    ) -> None:
+        with outbox:
+            async for reply in outbox:
+                if msg.partition not in self.consumer.partitions:
+                    # Another worker owns the session now and answers the turn again.
+                    self.stats.abandoned += 1
+                    scope.cancel_scope.cancel()
+                    return
+                await self._publish(reply)
+
+    async def _publish(self, reply: Reply) -> None:
+        await self.replies.publish(reply.session, reply_encoder.encode(reply))
+
+    def forget_stale(self, now: float) -> None:
+        """Drop utterances whose user stopped sending frames mid-way long ago."""
+        for session in [s for s, u in self.utterances.items() if now - u.touched > STALE_UTTERANCE]:
+            del self.utterances[session]
+
+
+@attrs.define
+class _Counter:
+    value: int = 0
+
+
+async def run_worker(
+    broker: litechan.Broker,
+    name: str,
+    stages: Stages,
+    *,
+    started: anyio.Event | None = None,
+    stats: WorkerStats | None = None,
+) -> None:
+    """Consume ``audio`` as member *name* of the ``workers`` group until cancelled."""
+    audio, replies = declare(broker)
+    async with (
+        audio.consumer(
+            group=WORKERS, name=name, ordering="key", max_in_flight=MAX_IN_FLIGHT
+        ) as consumer,
+        anyio.create_task_group() as tg,
+    ):
+        worker = Worker(name, consumer, replies, stages, stats or WorkerStats())
+        tg.start_soon(_sweep, worker)
+        if started is not None:
+            started.set()
+        async for msg in consumer:
+            tg.start_soon(worker.handle, msg)
+
+
+async def _sweep(worker: Worker) -> None:
+    while True:
+        await anyio.sleep(STALE_UTTERANCE / 4)
+        worker.forget_stale(anyio.current_time())
