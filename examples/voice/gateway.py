@@ -22,6 +22,7 @@ For each connection at ``/sessions/{session}`` the gateway:
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 from collections import deque
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ import msgspec
 import structlog
 import uvicorn
 from anyio import CancelScope
+from anyio.streams.memory import MemoryObjectReceiveStream
+from msgspec import Raw
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -68,6 +71,7 @@ class GatewayStats:
     frames: int = 0  # audio frames sent to the ordered topic
     resent_frames: int = 0  # frames a user sent again after reconnecting, stored once (G11)
     replies: int = 0  # replies forwarded to users
+    messages: int = 0  # WebSocket messages that carried them
     taken_over: int = 0  # sockets closed because their session moved to another connection
     bad_input: int = 0  # connections closed because of what the user sent
 
@@ -197,32 +201,47 @@ class Gateway:
         await conn.close(UNSUPPORTED)
 
     async def _downlink(self, conn: Connection, channel: litechan.Channel) -> None:
-        """Forward the session's replies to the socket until the channel ends."""
-        while True:
-            async for msg in channel:
-                conn.pending.append(msg)
-                body = _deliveries.encode(
-                    [Delivery(msg.epoch, msg.offset, msg.gap_before, msgspec.Raw(msg.payload))]
-                )
-                try:
-                    await conn.ws.send_bytes(body)
-                except _SEND_ERRORS:
+        """Forward the session's replies to the socket until the channel ends.
+
+        The channel is read by this task and the socket written by another, so the replies
+        that arrive while a write is under way leave together in the next message.
+        """
+        outbox_in, outbox = anyio.create_memory_object_stream[Delivery](math.inf)
+        async with anyio.create_task_group() as tg, outbox_in:
+            tg.start_soon(self._write, conn, outbox)
+            while True:
+                async for msg in channel:
+                    conn.pending.append(msg)
+                    delivery = Delivery(msg.epoch, msg.offset, msg.gap_before, Raw(msg.payload))
+                    outbox_in.send_nowait(delivery)
+                reason = channel.end_reason
+                if reason is litechan.EndReason.EXPIRED:
+                    # Idle for the lite topic's ttl: its next reply creates it again (new epoch).
+                    conn.pending.clear()
+                    channel = await self.subscriber.subscribe(conn.session)
+                    continue
+                if reason is litechan.EndReason.REVOKED:
+                    logger.info("voice.gateway.taken_over", session=conn.session, gateway=self.name)
+                    self.stats.taken_over += 1
+                    await conn.close(TAKEN_OVER)
+                elif reason is litechan.EndReason.CLOSED:  # this gateway is stopping
                     await conn.close(GOING_AWAY)
-                    return
-                self.stats.replies += 1
-            reason = channel.end_reason
-            if reason is litechan.EndReason.EXPIRED:
-                # Idle for the lite topic's ttl: its next reply creates it again (new epoch).
-                conn.pending.clear()
-                channel = await self.subscriber.subscribe(conn.session)
-                continue
-            if reason is litechan.EndReason.REVOKED:
-                logger.info("voice.gateway.taken_over", session=conn.session, gateway=self.name)
-                self.stats.taken_over += 1
-                await conn.close(TAKEN_OVER)
-            elif reason is litechan.EndReason.CLOSED:  # this gateway is stopping
+                tg.cancel_scope.cancel()  # UNSUBSCRIBED: the connection is ending
+                return
+
+    async def _write(self, conn: Connection, outbox: MemoryObjectReceiveStream[Delivery]) -> None:
+        async for first in outbox:
+            batch = [first]
+            with contextlib.suppress(anyio.WouldBlock):
+                while True:
+                    batch.append(outbox.receive_nowait())
+            try:
+                await conn.ws.send_bytes(_deliveries.encode(batch))
+            except _SEND_ERRORS:
                 await conn.close(GOING_AWAY)
-            return  # UNSUBSCRIBED: the connection is ending
+                return
+            self.stats.replies += len(batch)
+            self.stats.messages += 1
 
 
 def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

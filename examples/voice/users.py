@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -94,6 +95,68 @@ class _Turn:
 
 
 @attrs.define(eq=False)
+class ReplyChecker:
+    """Checks the replies one user receives against what it said; counts into a tally."""
+
+    session: str
+    tally: Tally
+    turn: _Turn = attrs.Factory(lambda: _Turn(-1))
+    completed: set[int] = attrs.Factory(set)
+
+    def begin(self, number: int) -> _Turn:
+        """The user starts speaking turn *number*."""
+        self.turn = _Turn(number)
+        return self.turn
+
+    def receive(self, delivery: Delivery) -> bool:
+        """Check one reply; return whether it ends its turn's reply."""
+        self.tally.lost += delivery.gap_before
+        try:
+            reply: Reply = reply_decoder.decode(delivery.reply)
+        except msgspec.DecodeError:
+            self.tally.corrupt += 1
+            return False
+        turn = self.turn
+        if reply.session != self.session or reply.turn > turn.number:
+            self.tally.misrouted += 1
+            return False
+        if reply.turn != turn.number or reply.turn in self.completed:
+            self.tally.duplicates += 1  # a turn answered again after a worker died
+            return False
+        seen = turn.seen.setdefault(reply.kind, set())
+        if reply.seq in seen:
+            self.tally.duplicates += 1
+            return False
+        if reply.seq != len(seen):
+            self.tally.out_of_order += 1
+        seen.add(reply.seq)
+        self.tally.replies += 1
+        now = time.perf_counter()
+        if reply.kind == "audio":
+            if not is_pcm_frame(reply.data):
+                self.tally.corrupt += 1
+            if turn.first_audio is None:
+                turn.first_audio, turn.model_s = now, reply.model_s
+        elif reply.kind == "done":
+            self._finish(turn, reply, now)
+            return True
+        return False
+
+    def _finish(self, turn: _Turn, done: Reply, now: float) -> None:
+        partials, tokens, audio = done.totals or (math.inf, math.inf, math.inf)
+        for kind, expected in (("partial", partials), ("token", tokens), ("audio", audio)):
+            got = len(turn.seen.get(kind, ()))
+            if got < expected:
+                self.tally.lost += int(min(expected, 1_000_000) - got)
+        if "transcript" not in turn.seen:
+            self.tally.lost += 1
+        turn.audio_frames = len(turn.seen.get("audio", ()))
+        turn.done_at = now
+        self.completed.add(turn.number)
+        turn.done.set()
+
+
+@attrs.define(eq=False)
 class User:
     session: str
     gateways: Sequence[str]  # base URLs, "ws://host:port"
@@ -106,18 +169,21 @@ class User:
     roam: float = 0.0
     reply_timeout: float = 30.0
     ws: ClientConnection | None = None
-    send_lock: anyio.Lock = attrs.Factory(anyio.Lock)
+    switch_lock: anyio.Lock = attrs.Factory(anyio.Lock)  # held while changing sockets
+    switching: bool = False  # frames wait in `sent` for the new socket
     sent: list[bytes] = attrs.Factory(list)  # the current turn's frames sent so far
-    turn: _Turn = attrs.Factory(lambda: _Turn(-1))
-    completed: set[int] = attrs.Factory(set)
+    checker: ReplyChecker = attrs.field(init=False)
     retired: set[ClientConnection] = attrs.Factory(set)
     leaving: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.checker = ReplyChecker(self.session, self.tally)
 
     # -- talking ---------------------------------------------------------------------------
 
     async def run(self, delay: float = 0.0) -> None:
         await anyio.sleep(delay)
-        async with self.send_lock:
+        async with self.switch_lock:
             await self._connect(self.gateway)
         voice = int(self.session.rsplit("-", 1)[-1]) % len(VOICES)
         for number in range(self.turns):
@@ -125,8 +191,8 @@ class User:
                 await self._roam()
             await self._speak(voice, number)
             with anyio.move_on_after(self.reply_timeout):
-                await self.turn.done.wait()
-            turn = self.turn
+                await self.checker.turn.done.wait()
+            turn = self.checker.turn
             if turn.done_at is None or turn.first_audio is None:
                 self.tally.turns_lost += 1
                 self.tally.lost += 1
@@ -137,38 +203,38 @@ class User:
             self.tally.model.append(turn.model_s)
             playback_end = turn.first_audio + turn.audio_frames * FRAME_SECONDS
             think = self.rng.uniform(*self.profile.think)
-            await anyio.sleep(max(0.0, playback_end - anyio.current_time()) + think)
+            await anyio.sleep(max(0.0, playback_end - time.perf_counter()) + think)
         await self._leave()
 
     async def _speak(self, voice: int, number: int) -> None:
         """Stream one utterance at the pace of speech: one 20 ms frame every 20 ms."""
         frames = utterance(voice, number, self.rng.randint(*self.profile.utterance))
-        async with self.send_lock:
-            self.turn = _Turn(number)
+        async with self.switch_lock:
+            self.checker.begin(number)
             self.sent = []
-        start = anyio.current_time()
+        start = time.perf_counter()
         for seq, pcm in enumerate(frames):
-            delay = start + seq * FRAME_SECONDS - anyio.current_time()
+            delay = start + seq * FRAME_SECONDS - time.perf_counter()
             if delay > 0:
                 await anyio.sleep(delay)
             await self._send(Frame(number, seq, seq == len(frames) - 1, pcm).encode())
-        self.speech_end = anyio.current_time()
+        self.speech_end = time.perf_counter()
 
     async def _send(self, frame: bytes) -> None:
-        async with self.send_lock:
-            self.sent.append(frame)
-            self.tally.frames_sent += 1
-            if self.ws is not None:
-                # On a closed socket, its reader reconnects and sends this turn's frames again.
-                with contextlib.suppress(ConnectionClosed):
-                    await self.ws.send(frame)
+        self.sent.append(frame)
+        self.tally.frames_sent += 1
+        ws = self.ws
+        if ws is not None and not self.switching:
+            # On a closed socket, its reader reconnects and sends this turn's frames again.
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(frame)
 
     speech_end: float = 0.0
 
     # -- connections ------------------------------------------------------------------------
 
     async def _connect(self, first: int) -> ClientConnection:
-        """Connect to gateway *first*, or the next ones in turn; hold ``send_lock``."""
+        """Connect to gateway *first*, or the next ones in turn; hold ``switch_lock``."""
         for attempt in range(10_000):
             index = (first + attempt) % len(self.gateways)
             url = f"{self.gateways[index]}/sessions/{self.session}"
@@ -183,21 +249,27 @@ class User:
         raise RuntimeError(f"{self.session}: no gateway accepts connections")
 
     async def _reconnect(self, dead: ClientConnection) -> None:
-        async with self.send_lock:
+        async with self.switch_lock:
             if self.ws is not dead or self.leaving:
                 return
-            self.ws = None
+            self.ws, self.switching = None, True
             self.tally.reconnects += 1
-            ws = await self._connect(self.gateway + 1)
             try:
-                for frame in self.sent:  # stored once by the gateway's dedupe ids
-                    await ws.send(frame)
+                ws = await self._connect(self.gateway + 1)
+                # This turn's frames, again: the gateway's dedupe ids store each one once. The
+                # talker appends while we send; it sends by itself once `switching` is off.
+                sent = 0
+                while sent < len(self.sent):
+                    await ws.send(self.sent[sent])
+                    sent += 1
             except ConnectionClosed:
                 pass  # that one died too: its reader starts over
+            finally:
+                self.switching = False
 
     async def _roam(self) -> None:
         """Move to the next gateway without closing the current socket."""
-        async with self.send_lock:
+        async with self.switch_lock:
             old = self.ws
             await self._connect(self.gateway + 1)
             if old is not None and old is not self.ws:
@@ -205,7 +277,7 @@ class User:
                 self.tally.roams += 1
 
     async def _leave(self) -> None:
-        async with self.send_lock:
+        async with self.switch_lock:
             self.leaving = True
             ws, self.ws = self.ws, None
         if ws is not None:
@@ -234,7 +306,7 @@ class User:
                     continue
                 finished = False
                 for delivery in deliveries:
-                    finished |= self._receive(delivery)
+                    finished |= self.checker.receive(delivery)
                 unconfirmed += len(deliveries)
                 if deliveries and (finished or unconfirmed >= ACK_EVERY):
                     last = deliveries[-1]
@@ -250,53 +322,6 @@ class User:
         if ws.close_code == TAKEN_OVER and not self.leaving:
             self.tally.unexpected_takeovers += 1
         await self._reconnect(ws)
-
-    def _receive(self, delivery: Delivery) -> bool:
-        """Check one reply; return whether it ends its turn's reply."""
-        self.tally.lost += delivery.gap_before
-        try:
-            reply: Reply = reply_decoder.decode(delivery.reply)
-        except msgspec.DecodeError:
-            self.tally.corrupt += 1
-            return False
-        turn = self.turn
-        if reply.session != self.session or reply.turn > turn.number:
-            self.tally.misrouted += 1
-            return False
-        if reply.turn != turn.number or reply.turn in self.completed:
-            self.tally.duplicates += 1  # a turn answered again after a worker died
-            return False
-        seen = turn.seen.setdefault(reply.kind, set())
-        if reply.seq in seen:
-            self.tally.duplicates += 1
-            return False
-        if reply.seq != len(seen):
-            self.tally.out_of_order += 1
-        seen.add(reply.seq)
-        self.tally.replies += 1
-        now = anyio.current_time()
-        if reply.kind == "audio":
-            if not is_pcm_frame(reply.data):
-                self.tally.corrupt += 1
-            if turn.first_audio is None:
-                turn.first_audio, turn.model_s = now, reply.model_s
-        elif reply.kind == "done":
-            self._finish(turn, reply, now)
-            return True
-        return False
-
-    def _finish(self, turn: _Turn, done: Reply, now: float) -> None:
-        partials, tokens, audio = done.totals or (math.inf, math.inf, math.inf)
-        for kind, expected in (("partial", partials), ("token", tokens), ("audio", audio)):
-            got = len(turn.seen.get(kind, ()))
-            if got < expected:
-                self.tally.lost += int(min(expected, 1_000_000) - got)
-        if "transcript" not in turn.seen:
-            self.tally.lost += 1
-        turn.audio_frames = len(turn.seen.get("audio", ()))
-        turn.done_at = now
-        self.completed.add(turn.number)
-        turn.done.set()
 
 
 async def run_users(

@@ -7,13 +7,15 @@ acked only when the whole reply (transcript, tokens, audio, ``done``) is publish
 that dies in the middle of a reply leaves that frame un-acked, and the worker that takes the
 partition over answers the turn again, from the start (the user drops what it already has).
 
-Each message is handled in its own task, so a session waiting seconds for its LLM holds only
-its own key; the consumer's ``max_in_flight`` bounds how many sessions a worker answers at once.
+Each utterance is heard and answered by its own task, so a session waiting seconds for its LLM
+holds only its own key; the consumer's ``max_in_flight`` bounds how many sessions a worker
+answers at once.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Final
 
 import anyio
@@ -43,62 +45,85 @@ class WorkerStats:
     failed: int = 0  # stage errors (the frame is nacked and tried again)
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Utterance:
-    turn: int
-    transcription: Transcription
+    """The frames of one session's utterance, handled in order by one task."""
+
+    inbox: MemoryObjectSendStream[litechan.Message]
     touched: float
 
 
 @attrs.define(eq=False)
 class Worker:
-    """One worker process's state: the utterances it is transcribing."""
+    """One worker's state: a task per utterance being heard or answered."""
 
     name: str
     consumer: litechan.Consumer
     replies: litechan.LiteTopics
     stages: Stages
+    tg: TaskGroup
     stats: WorkerStats = attrs.Factory(WorkerStats)
     utterances: dict[str, Utterance] = attrs.Factory(dict)
 
-    async def handle(self, msg: litechan.Message) -> None:
-        """Process one frame of ``msg.key``'s session, then settle it."""
-        try:
-            frame = Frame.decode(msg.payload)
-        except ValueError as exc:
-            self.stats.rejected += 1
-            await msg.reject(f"not an audio frame: {exc}")
-            return
-        self.stats.frames += 1
-        if msg.delivery_count > 1:
-            self.stats.redelivered += 1
-        try:
-            await self._process(msg, frame)
-        except Exception:
-            # A stage failed: try the frame again later, dead-letter it after max_deliveries.
-            self.stats.failed += 1
-            self.utterances.pop(msg.key, None)
-            logger.exception("voice.worker.stage_failed", session=msg.key, turn=frame.turn)
-            await msg.nack(delay=0.5)
-            return
-        await msg.ack()
+    def dispatch(self, msg: litechan.Message) -> None:
+        """Hand *msg* to its session's task, starting one for a new utterance."""
+        utterance = self.utterances.get(msg.key)
+        if utterance is None:
+            inbox, frames = anyio.create_memory_object_stream[litechan.Message](math.inf)
+            utterance = self.utterances[msg.key] = Utterance(inbox, time.monotonic())
+            self.tg.start_soon(self._hear, msg.key, utterance, frames)
+        utterance.touched = time.monotonic()
+        utterance.inbox.send_nowait(msg)
 
-    async def _process(self, msg: litechan.Message, frame: Frame) -> None:
-        session = msg.key
-        now = anyio.current_time()
-        utterance = self.utterances.get(session)
-        if utterance is None or utterance.turn != frame.turn:
-            # The first frame we see of this utterance: frame.seq > 0 when we took it over.
-            transcription = self.stages.asr.open(session, frame.turn, frame.seq)
-            utterance = self.utterances[session] = Utterance(frame.turn, transcription, now)
-        utterance.touched = now
-        partial = await utterance.transcription.feed(frame)
-        if partial is not None:
-            seq = frame.seq // PARTIAL_EVERY
-            await self._publish(Reply(session, frame.turn, "partial", seq, partial.encode()))
-        if frame.last:
+    async def _hear(
+        self,
+        session: str,
+        utterance: Utterance,
+        frames: MemoryObjectReceiveStream[litechan.Message],
+    ) -> None:
+        """Feed one utterance's frames to the ASR in order, then answer it."""
+        transcription: Transcription | None = None
+        turn = -1
+        with frames:
+            async for msg in frames:
+                try:
+                    frame = Frame.decode(msg.payload)
+                except ValueError as exc:
+                    self.stats.rejected += 1
+                    await msg.reject(f"not an audio frame: {exc}")
+                    continue
+                self.stats.frames += 1
+                if msg.delivery_count > 1:
+                    self.stats.redelivered += 1
+                if transcription is None or frame.turn != turn:
+                    # The first frame we see of this utterance: seq > 0 when we took it over.
+                    transcription = self.stages.asr.open(session, frame.turn, frame.seq)
+                    turn = frame.turn
+                try:
+                    partial = await transcription.feed(frame)
+                    if partial is not None:
+                        seq = frame.seq // PARTIAL_EVERY
+                        await self._publish(Reply(session, turn, "partial", seq, partial.encode()))
+                    if frame.last:
+                        self._forget(session, utterance)
+                        await self._respond(msg, frame, transcription, time.perf_counter())
+                except Exception:
+                    # A stage failed: try the frame again later (dead-lettered after
+                    # max_deliveries), with a new transcription.
+                    self.stats.failed += 1
+                    self._forget(session, utterance)
+                    logger.exception("voice.worker.stage_failed", session=session, turn=turn)
+                    await msg.nack(delay=0.5)
+                    return
+                await msg.ack()
+                if frame.last:
+                    return
+
+    def _forget(self, session: str, utterance: Utterance) -> None:
+        """Send the session's next frames to a new task (this one is answering, or failed)."""
+        if self.utterances.get(session) is utterance:
             del self.utterances[session]
-            await self._respond(msg, frame, utterance.transcription, now)
+            utterance.inbox.close()
 
     async def _respond(
         self, msg: litechan.Message, last: Frame, transcription: Transcription, t0: float
@@ -119,7 +144,7 @@ class Worker:
                 frames = 0
                 async with tokens:
                     async for pcm in self.stages.tts.synthesize(session, turn, tokens):
-                        model_s = anyio.current_time() - t0 if frames == 0 else 0.0
+                        model_s = time.perf_counter() - t0 if frames == 0 else 0.0
                         outbox_in.send_nowait(
                             Reply(session, turn, "audio", frames, pcm, model_s=model_s)
                         )
@@ -163,10 +188,12 @@ class Worker:
     async def _publish(self, reply: Reply) -> None:
         await self.replies.publish(reply.session, reply_encoder.encode(reply))
 
-    def forget_stale(self, now: float) -> None:
-        """Drop utterances whose user stopped sending frames mid-way long ago."""
-        for session in [s for s, u in self.utterances.items() if now - u.touched > STALE_UTTERANCE]:
-            del self.utterances[session]
+    def forget_stale(self) -> None:
+        """End the tasks of utterances whose user stopped sending frames mid-way long ago."""
+        now = time.monotonic()
+        for session, utterance in list(self.utterances.items()):
+            if now - utterance.touched > STALE_UTTERANCE:
+                self._forget(session, utterance)
 
 
 @attrs.define
@@ -190,15 +217,15 @@ async def run_worker(
         ) as consumer,
         anyio.create_task_group() as tg,
     ):
-        worker = Worker(name, consumer, replies, stages, stats or WorkerStats())
+        worker = Worker(name, consumer, replies, stages, tg, stats or WorkerStats())
         tg.start_soon(_sweep, worker)
         if started is not None:
             started.set()
         async for msg in consumer:
-            tg.start_soon(worker.handle, msg)
+            worker.dispatch(msg)
 
 
 async def _sweep(worker: Worker) -> None:
     while True:
         await anyio.sleep(STALE_UTTERANCE / 4)
-        worker.forget_stale(anyio.current_time())
+        worker.forget_stale()
