@@ -128,9 +128,10 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=DEFAULT_PYTHON)
 def examples(session: nox.Session) -> None:
-    """Run the end-to-end quickstart example; it exits non-zero when a reply is lost."""
-    session.install("-e", ".")
+    """Run the quickstart and the voice agent; each exits non-zero when a reply is lost."""
+    session.install("-e", ".[examples]")
     session.run("python", "examples/quickstart.py")
+    session.run("python", "examples/voice_agent.py", *session.posargs)
 
 
 @nox.session(python=DEFAULT_PYTHON)

@@ -161,21 +161,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging()
     _raise_open_files_limit()
     profile = _profile(args)
+    loop = _loop_options()
     if args.role == "gateway":
-        anyio.run(gateway_process, args)
+        anyio.run(gateway_process, args, backend_options=loop)
         return 0
     if args.role == "worker":
-        anyio.run(worker_process, args, profile)
+        anyio.run(worker_process, args, profile, backend_options=loop)
         return 0
     if args.role == "users":
-        anyio.run(users_process, args, profile)
+        anyio.run(users_process, args, profile, backend_options=loop)
         return 0
     if args.backend.startswith("memory:"):
         if args.chaos:
             raise SystemExit("--chaos kills processes: it needs --backend redis://...")
-        report = anyio.run(run_embedded, args, profile, backend_options=_loop_options())
+        report = anyio.run(run_embedded, args, profile, backend_options=loop)
     else:
-        report = anyio.run(run_processes, args, profile)
+        report = anyio.run(run_processes, args, profile, backend_options=loop)
     print(report.render())
     if args.json is not None:
         args.json.write_bytes(msgspec.json.encode(report))
