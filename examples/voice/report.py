@@ -30,7 +30,9 @@ class Backlog(msgspec.Struct, kw_only=True):
     replies_topic: str = ""
     replies_owner: str = ""
     replies_total: int = 0  # over every lite topic at once
-    audio: int = 0  # un-acked frames of the ordered topic, over its partitions
+    # frames of the ordered topic past each partition's committed offset, summed: a turn holds
+    # its last frame until its reply is out, so this counts the frames acked after it too
+    audio: int = 0
 
 
 @attrs.define(eq=False)
@@ -115,7 +117,7 @@ class Report(msgspec.Struct, kw_only=True):
             f"out of order:        {t.out_of_order}",
             f"max backlog:         {b.replies} replies in one session"
             + (f" ({b.replies_topic}, owner {b.replies_owner})" if b.replies_topic else "")
-            + f", {b.replies_total} over all sessions, {b.audio} audio frames",
+            + f", {b.replies_total} over all sessions; audio lag {b.audio} frames",
             f"reconnects:          {t.reconnects}   roams: {t.roams}"
             f" ({t.roams_closed} old sockets closed by their gateway)",
         ]
