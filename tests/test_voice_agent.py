@@ -196,3 +196,39 @@ def test_latency_has_the_median_and_p99_it_is_given() -> None:
     assert samples[19_800] == pytest.approx(2.5, rel=0.15)
     with pytest.raises(ValueError, match="MEDIAN,P99"):
         Latency.parse("fast")
+
+
+# -- the gateway, against a real uvicorn server and WebSocket client ----------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_gateway_refuses_bad_input_with_a_close_code() -> None:
+    """A bad session id closes with 1008, a non-frame message with 1003; nothing is sent on."""
+    import anyio
+    from voice.gateway import GatewayStats, listen, run_gateway
+    from voice.wire import declare
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    import litechan
+
+    stats, stop, sock = GatewayStats(), anyio.Event(), listen()
+    base = f"ws://127.0.0.1:{sock.getsockname()[1]}/sessions"
+    with anyio.fail_after(20):
+        async with litechan.connect("memory://") as broker, anyio.create_task_group() as tg:
+            audio, _ = declare(broker)
+            tg.start_soon(lambda: run_gateway(broker, "gw-1", sock, stop=stop, stats=stats))
+            async with connect(f"{base}/bad%20name") as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 1008
+            async with connect(f"{base}/session-1") as ws:
+                await ws.send(b"not a frame")
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 1003
+            assert (await audio.stats()).length == 0
+            stop.set()
+    assert stats.bad_input == 2
+    assert stats.frames == 0

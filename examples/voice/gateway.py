@@ -207,27 +207,30 @@ class Gateway:
         that arrive while a write is under way leave together in the next message.
         """
         outbox_in, outbox = anyio.create_memory_object_stream[Delivery](math.inf)
-        async with anyio.create_task_group() as tg, outbox_in:
-            tg.start_soon(self._write, conn, outbox)
-            while True:
-                async for msg in channel:
-                    conn.pending.append(msg)
-                    delivery = Delivery(msg.epoch, msg.offset, msg.gap_before, Raw(msg.payload))
-                    outbox_in.send_nowait(delivery)
-                reason = channel.end_reason
-                if reason is litechan.EndReason.EXPIRED:
-                    # Idle for the lite topic's ttl: its next reply creates it again (new epoch).
-                    conn.pending.clear()
-                    channel = await self.subscriber.subscribe(conn.session)
-                    continue
-                if reason is litechan.EndReason.REVOKED:
-                    logger.info("voice.gateway.taken_over", session=conn.session, gateway=self.name)
-                    self.stats.taken_over += 1
-                    await conn.close(TAKEN_OVER)
-                elif reason is litechan.EndReason.CLOSED:  # this gateway is stopping
-                    await conn.close(GOING_AWAY)
-                tg.cancel_scope.cancel()  # UNSUBSCRIBED: the connection is ending
-                return
+        with outbox_in, outbox:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write, conn, outbox)
+                while True:
+                    async for msg in channel:
+                        conn.pending.append(msg)
+                        delivery = Delivery(msg.epoch, msg.offset, msg.gap_before, Raw(msg.payload))
+                        outbox_in.send_nowait(delivery)
+                    reason = channel.end_reason
+                    if reason is litechan.EndReason.EXPIRED:
+                        # Idle for the ttl: its next reply creates it again (new epoch).
+                        conn.pending.clear()
+                        channel = await self.subscriber.subscribe(conn.session)
+                        continue
+                    if reason is litechan.EndReason.REVOKED:
+                        logger.info(
+                            "voice.gateway.taken_over", session=conn.session, gateway=self.name
+                        )
+                        self.stats.taken_over += 1
+                        await conn.close(TAKEN_OVER)
+                    elif reason is litechan.EndReason.CLOSED:  # this gateway is stopping
+                        await conn.close(GOING_AWAY)
+                    tg.cancel_scope.cancel()  # UNSUBSCRIBED: the connection is ending
+                    return
 
     async def _write(self, conn: Connection, outbox: MemoryObjectReceiveStream[Delivery]) -> None:
         async for first in outbox:

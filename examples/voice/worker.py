@@ -131,26 +131,30 @@ class Worker:
         """Run LLM and TTS for the turn; return once every reply is published."""
         session, turn = msg.key, last.turn
         outbox_in, outbox = anyio.create_memory_object_stream[Reply](math.inf)
-        async with anyio.create_task_group() as tg:
-            # Replies are published in order by one task, so the stages never wait for the link:
-            # what the user measures beyond the stages' own time is the link's overhead.
-            tg.start_soon(self._publish_all, msg, outbox, tg)
-            with outbox_in:
-                transcript = await transcription.finish()
-                outbox_in.send_nowait(Reply(session, turn, "transcript", 0, transcript.encode()))
-                tokens_in, tokens = anyio.create_memory_object_stream[str](math.inf)
-                count = _Counter()
-                tg.start_soon(self._think, msg.key, turn, transcript, tokens_in, outbox_in, count)
-                frames = 0
-                async with tokens:
+        tokens_in, tokens = anyio.create_memory_object_stream[str](math.inf)
+        with outbox, tokens_in, tokens:  # closed even if a task is cancelled before it starts
+            async with anyio.create_task_group() as tg:
+                # Replies are published in order by one task, so the stages never wait for the
+                # link: what the user measures beyond the stages' own time is the link's overhead.
+                tg.start_soon(self._publish_all, msg, outbox, tg)
+                with outbox_in:
+                    transcript = await transcription.finish()
+                    outbox_in.send_nowait(
+                        Reply(session, turn, "transcript", 0, transcript.encode())
+                    )
+                    count = _Counter()
+                    tg.start_soon(
+                        self._think, session, turn, transcript, tokens_in, outbox_in, count
+                    )
+                    frames = 0
                     async for pcm in self.stages.tts.synthesize(session, turn, tokens):
                         model_s = time.perf_counter() - t0 if frames == 0 else 0.0
                         outbox_in.send_nowait(
                             Reply(session, turn, "audio", frames, pcm, model_s=model_s)
                         )
                         frames += 1
-                totals = ((last.seq + 1) // PARTIAL_EVERY, count.value, frames)
-                outbox_in.send_nowait(Reply(session, turn, "done", 0, totals=totals))
+                    totals = ((last.seq + 1) // PARTIAL_EVERY, count.value, frames)
+                    outbox_in.send_nowait(Reply(session, turn, "done", 0, totals=totals))
         if not tg.cancel_scope.cancelled_caught:
             self.stats.turns += 1
 
