@@ -725,15 +725,15 @@ async def main(url, what):
                 await topic.send("k", b"x")
                 async with topic.consumer(group="asr", name="w-1") as consumer:
                     async for msg in consumer:
-                        await anyio.sleep(30)  # holding a message when the deadline passes
+                        await anyio.sleep_forever()  # holding a message when the deadline passes
             elif what == "subscriber":
                 replies = broker.lite_topics("replies")
                 await replies.publish("sess-1", b"x")
                 async with replies.subscriber(group="gateways", name="gw-1") as subscriber:
                     async for msg in await subscriber.subscribe("sess-1"):
-                        await anyio.sleep(30)
+                        await anyio.sleep_forever()
             else:
-                await anyio.sleep(30)
+                await anyio.sleep_forever()
     print(f"left after {time.monotonic() - started:.2f} s", flush=True)
 
 anyio.run(main, sys.argv[1], sys.argv[2])

@@ -33,6 +33,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import litechan
+from litechan.testing import redis_backend
 
 from .gateway import GatewayStats, listen, run_gateway
 from .report import Monitor, Report
@@ -44,9 +45,6 @@ from .worker import WorkerStats, run_worker
 SCRIPT: Final = Path(__file__).resolve().parent.parent / "voice_agent.py"
 GATEWAY_NAMES: Final = ("gw-1", "gw-2")
 WORKER_NAMES: Final = ("worker-1", "worker-2")
-LITECHAN_OPTIONS: Final = frozenset(
-    {"namespace", "pool_size", "connect_timeout", "socket_timeout", "lease", "acks", "retry"}
-)
 DEFAULTS: Final = Profile()
 START_TIMEOUT: Final = 60.0  # seconds for a child process to be ready
 
@@ -215,6 +213,23 @@ def _ramp(args: argparse.Namespace) -> float:
     return max(int(args.sessions) / 200, (float(low) + float(high)) / 2)
 
 
+async def _users(
+    args: argparse.Namespace, profile: Profile, gateways: Sequence[str], tally: Tally
+) -> None:
+    await run_users(
+        gateways,
+        sessions=args.sessions,
+        turns=args.turns,
+        profile=profile,
+        tally=tally,
+        run_id=args.run_id or "session",
+        seed=args.seed,
+        roam=args.roam,
+        ramp=_ramp(args),
+        reply_timeout=args.reply_timeout,
+    )
+
+
 def _ws_url(port: int) -> str:
     return f"ws://127.0.0.1:{port}"
 
@@ -250,18 +265,7 @@ async def run_embedded(args: argparse.Namespace, profile: Profile) -> Report:
                             run_gateway, broker, name, sock, stop=stop, stats=gateways[name]
                         )
                     )
-                await run_users(
-                    urls,
-                    sessions=args.sessions,
-                    turns=args.turns,
-                    profile=profile,
-                    tally=tally,
-                    run_id=args.run_id or "session",
-                    seed=args.seed,
-                    roam=args.roam,
-                    ramp=_ramp(args),
-                    reply_timeout=args.reply_timeout,
-                )
+                await _users(args, profile, urls, tally)
                 elapsed = anyio.current_time() - start
                 stop.set()
             await monitor.sample()
@@ -330,18 +334,7 @@ async def users_process(args: argparse.Namespace, profile: Profile) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(progress)
-        await run_users(
-            args.gateways,
-            sessions=args.sessions,
-            turns=args.turns,
-            profile=profile,
-            tally=tally,
-            run_id=args.run_id or "session",
-            seed=args.seed,
-            roam=args.roam,
-            ramp=_ramp(args),
-            reply_timeout=args.reply_timeout,
-        )
+        await _users(args, profile, args.gateways, tally)
         tg.cancel_scope.cancel()
     _emit({"tally": msgspec.to_builtins(tally)})
 
@@ -394,38 +387,12 @@ class Child:
         return result
 
 
-def _redis_url(url: str, run_id: str) -> tuple[str, bool]:
-    """*url* with a fresh namespace and a short lease unless it sets them; and whether the
-    namespace is this run's own (to be deleted afterwards)."""
+def _with_lease(url: str) -> str:
+    """*url* with a 2 s lease unless it sets one: a killed worker's sessions move after 2 s."""
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    fresh = "namespace" not in query
-    query.setdefault("namespace", f"voice-{run_id}")
-    query.setdefault("lease", "2")  # a killed worker's sessions move after 2 s, not 10
-    return urlunsplit(parts._replace(query=urlencode(query))), fresh
-
-
-async def _delete_namespace(url: str) -> None:
-    """Delete every key of the URL's namespace (this run's own)."""
-    import redis.asyncio as aioredis
-
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    namespace = query["namespace"]
-    plain = {k: v for k, v in query.items() if k not in LITECHAN_OPTIONS}
-    client = aioredis.Redis.from_url(urlunsplit(parts._replace(query=urlencode(plain))))
-    try:
-        for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
-            batch: list[bytes] = []
-            async for key in client.scan_iter(match=pattern, count=1_000):
-                batch.append(key)
-                if len(batch) >= 1_000:
-                    await client.unlink(*batch)
-                    batch = []
-            if batch:
-                await client.unlink(*batch)
-    finally:
-        await client.aclose()
+    query.setdefault("lease", "2")
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 async def _balanced(audio: litechan.OrderedTopic, workers: Sequence[str]) -> None:
@@ -444,7 +411,7 @@ async def _balanced(audio: litechan.OrderedTopic, workers: Sequence[str]) -> Non
 async def run_processes(args: argparse.Namespace, profile: Profile) -> Report:
     """Two gateway processes, two worker processes and a users process, sharing Redis."""
     run_id = args.run_id or secrets.token_hex(3)
-    url, fresh = _redis_url(args.backend, run_id)
+    url = _with_lease(args.backend)
     model = _model_args(args)
     chaos: list[str] = []
     async with AsyncExitStack() as stack:
@@ -456,8 +423,11 @@ async def run_processes(args: argparse.Namespace, profile: Profile) -> Report:
                     child.process.kill()
 
         stack.callback(kill_all)
-        if fresh:
-            stack.push_async_callback(_delete_namespace, url)
+        if "namespace=" not in url:
+            # A private namespace for this run, deleted afterwards: what the conformance kit's
+            # redis_backend gives each of its checks.
+            kit = redis_backend(url)()
+            url = (await stack.enter_async_context(kit)).url
         for role, names, options in (
             ("worker", WORKER_NAMES, model),
             ("gateway", GATEWAY_NAMES, []),

@@ -77,11 +77,6 @@ class Tally(msgspec.Struct, kw_only=True):
     full_reply: list[float] = msgspec.field(default_factory=list)
     model: list[float] = msgspec.field(default_factory=list)
 
-    def merge(self, other: Tally) -> None:
-        for field in self.__struct_fields__:
-            mine, theirs = getattr(self, field), getattr(other, field)
-            setattr(self, field, mine + theirs)
-
 
 @attrs.define(eq=False)
 class _Turn:
@@ -175,6 +170,7 @@ class User:
     checker: ReplyChecker = attrs.field(init=False)
     retired: set[ClientConnection] = attrs.Factory(set)
     leaving: bool = False
+    speech_end: float = 0.0  # when the last frame of the current utterance was sent
 
     def __attrs_post_init__(self) -> None:
         self.checker = ReplyChecker(self.session, self.tally)
@@ -228,8 +224,6 @@ class User:
             # On a closed socket, its reader reconnects and sends this turn's frames again.
             with contextlib.suppress(ConnectionClosed):
                 await ws.send(frame)
-
-    speech_end: float = 0.0
 
     # -- connections ------------------------------------------------------------------------
 

@@ -41,7 +41,6 @@ GATEWAYS: Final = "gateways"  # the subscriber group of the lite topics
 TAKEN_OVER: Final = 4001  # WebSocket close code: the session moved to another connection
 
 Kind = Literal["partial", "transcript", "token", "audio", "done"]
-KINDS: Final[tuple[Kind, ...]] = ("partial", "transcript", "token", "audio", "done")
 PARTIAL_EVERY: Final = 10  # frames: ASR emits a partial transcript after frame 9, 19, 29, ...
 
 
