@@ -19,7 +19,7 @@ from ._backends import open_backend
 from ._backends.base import Backend, BackendOptions, LiteSpec, OrderedSpec
 from ._clock import Clock, SystemClock
 from ._errors import InvalidArgument, ResourceClosed
-from ._names import check_int, check_name, check_seconds
+from ._names import check_int, check_name, check_seconds, utf8_ok
 from ._pacing import Pacer
 
 if TYPE_CHECKING:
@@ -52,6 +52,8 @@ def connect(
     """
     if not isinstance(url, str):
         raise InvalidArgument(f"url must be a str like 'memory://', got {type(url).__name__}")
+    if not utf8_ok(url):  # the URL is not echoed: it may carry a password
+        raise InvalidArgument("the broker URL holds a lone surrogate, which UTF-8 cannot encode")
     if type(max_payload) is not int or max_payload < 1:
         raise InvalidArgument(f"max_payload must be a positive int, got {max_payload!r}")
     if clock is not None and not isinstance(clock, Clock):

@@ -83,8 +83,10 @@ class LiteTopics:
         Every publish restarts the lite topic's TTL.
 
         :raises InvalidName: *lite_topic* breaks the naming rules.
-        :raises PayloadTooLarge: *payload* exceeds the broker's ``max_payload``.
-        :raises InvalidPayload: *payload* is not bytes or *headers* not ``dict[str, str]``.
+        :raises PayloadTooLarge: *payload* exceeds the broker's ``max_payload``, or *headers*
+            hold more than 64 KiB.
+        :raises InvalidPayload: *payload* is not bytes or *headers* not ``dict[str, str]`` of
+            strings UTF-8 can encode.
         :raises ResourceClosed: the broker is closed.
         """
         backend = self._broker._open_backend

@@ -25,7 +25,16 @@ from ._backends.base import Entry, GroupMember, OrderedListener, OrderedSpec
 from ._dispatch import KeyOrderedDispatcher, by_key, by_partition
 from ._errors import InvalidArgument, ResourceClosed
 from ._hashing import partition_for
-from ._names import check_headers, check_int, check_key, check_name, check_payload, check_seconds
+from ._names import (
+    check_dedupe_id,
+    check_headers,
+    check_int,
+    check_key,
+    check_name,
+    check_payload,
+    check_reason,
+    check_seconds,
+)
 from ._pacing import Pacer
 from ._types import DeadLetter, Message, OrderedTopicStats, Receipt
 
@@ -74,17 +83,19 @@ class OrderedTopic:
         A second send with the same *dedupe_id* within the topic's dedupe window stores nothing
         and returns the first send's receipt with ``duplicate=True`` (G11).
 
-        :raises InvalidName: *key* is not a str of 1 to 1024 characters.
-        :raises PayloadTooLarge: *payload* exceeds the broker's ``max_payload``.
-        :raises InvalidPayload: *payload* is not bytes or *headers* not ``dict[str, str]``.
+        :raises InvalidName: *key* is not a str of 1 to 1024 characters that UTF-8 can encode.
+        :raises InvalidArgument: *dedupe_id* is not ``None`` or such a str.
+        :raises PayloadTooLarge: *payload* exceeds the broker's ``max_payload``, or *headers*
+            hold more than 64 KiB.
+        :raises InvalidPayload: *payload* is not bytes or *headers* not ``dict[str, str]`` of
+            strings UTF-8 can encode.
         :raises ResourceClosed: the broker is closed.
         """
         backend = self._broker._open_backend
         check_key(key)
         body = check_payload(payload, self._broker._options.max_payload)
         fields = check_headers(headers)
-        if dedupe_id is not None and (type(dedupe_id) is not str or not dedupe_id):
-            raise InvalidArgument(f"dedupe_id must be a non-empty str, got {dedupe_id!r}")
+        dedupe_id = check_dedupe_id(dedupe_id)
         partition = partition_for(key, self._spec.partitions)
         if self._broker._pacer.due():
             await anyio.lowlevel.checkpoint()  # before the write: a cancel loses nothing
@@ -401,8 +412,7 @@ class Consumer:
         await self._after_settle(entry)
 
     async def _reject(self, message: Message, reason: str) -> None:
-        if type(reason) is not str:
-            raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
+        reason = check_reason(reason)
         entry = self._take(message)
         if entry is None or self._member is None:
             return

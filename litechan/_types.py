@@ -127,7 +127,12 @@ class Message:
         await self._consumer._nack(self, delay)
 
     async def reject(self, reason: str = "") -> None:
-        """Dead-letter the message now (see :meth:`OrderedTopic.dead_letters`); the key moves on."""
+        """Dead-letter the message now (see :meth:`OrderedTopic.dead_letters`); the key moves on.
+
+        *reason* is kept with the dead letter, cut to 1000 characters.
+
+        :raises InvalidArgument: *reason* is not a str UTF-8 can encode (nothing is settled).
+        """
         await self._consumer._reject(self, reason)
 
     def __repr__(self) -> str:

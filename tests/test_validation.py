@@ -9,7 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import litechan
-from litechan._names import check_key, check_name, check_payload
+from litechan._names import (
+    check_dedupe_id,
+    check_headers,
+    check_key,
+    check_name,
+    check_payload,
+    check_reason,
+)
+
+#: Any str at all: lone surrogates and NUL included (st.text() leaves surrogates out by default).
+any_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=1100)
 
 
 @pytest.mark.parametrize(
@@ -79,3 +89,57 @@ def test_partition_for_known_values() -> None:
         zlib.crc32(b"c") % 8,
     ]
     assert litechan.partition_for("a", 8) == 0xE8B7BE43 % 8
+
+
+@given(any_text)
+def test_free_form_strings_either_raise_their_error_or_fit_every_wire(value: str) -> None:
+    """Any str given as a key, dedupe_id, header or reason either raises its specific error with
+    a short message, or is accepted as something UTF-8 (and so msgpack and Redis) can carry."""
+    for check, error in (
+        (check_key, litechan.InvalidName),
+        (check_dedupe_id, litechan.InvalidArgument),
+        (lambda v: check_headers({v: v}), litechan.InvalidPayload),
+        (check_reason, litechan.InvalidArgument),
+    ):
+        try:
+            accepted = check(value)
+        except error as exc:
+            message = str(exc)
+        else:
+            message = ""
+        assert len(message) < 300, message
+        if message:
+            continue
+        for text in accepted if isinstance(accepted, dict) else [accepted]:
+            assert isinstance(text, str)
+            text.encode()
+    if any("\ud800" <= c <= "\udfff" for c in value):  # a lone surrogate is never accepted
+        with pytest.raises(litechan.InvalidName):
+            check_key(value)
+
+
+def test_hostile_strings_are_refused_with_short_messages() -> None:
+    """Lone surrogates and 10,000-character strings raise specific errors that echo at most a
+    prefix; NUL is data and passes; long reasons are cut."""
+    long = "x" * 10_000
+    for call, error in (
+        (lambda: check_key("s\ud800"), litechan.InvalidName),
+        (lambda: check_key(long), litechan.InvalidName),
+        (lambda: check_name(long, "name"), litechan.InvalidName),
+        (lambda: check_dedupe_id(long), litechan.InvalidArgument),
+        (lambda: check_dedupe_id(""), litechan.InvalidArgument),
+        (lambda: check_headers({"h": "v\udfff"}), litechan.InvalidPayload),
+        (lambda: check_headers({"h": "x" * 70_000}), litechan.PayloadTooLarge),
+        (lambda: check_headers({"h": "\U0001f600" * 17_000}), litechan.PayloadTooLarge),
+        (lambda: check_reason("r\ud800"), litechan.InvalidArgument),
+        (lambda: litechan.connect("redis://:pass\ud800word@h/0"), litechan.InvalidArgument),
+    ):
+        with pytest.raises(error) as info:
+            call()
+        assert len(str(info.value)) < 200, str(info.value)
+        assert "pass" not in str(info.value)
+    assert check_key("a\x00b") == "a\x00b"
+    assert check_headers({"n\x00": "v\x00"}) == {"n\x00": "v\x00"}
+    assert check_headers({"h": "\U0001f600" * 16_000})  # 64,000 bytes: within the limit
+    assert check_reason("r" * 5000).startswith("r" * 1000 + "... (5000")
+    assert check_dedupe_id(None) is None

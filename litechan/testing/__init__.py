@@ -25,6 +25,7 @@ from ._checks import check_closed_resources as check_closed_resources
 from ._checks import check_config_mismatch as check_config_mismatch
 from ._checks import check_dedupe as check_dedupe
 from ._checks import check_gap_counts_only_unacked as check_gap_counts_only_unacked
+from ._checks import check_hostile_strings as check_hostile_strings
 from ._checks import check_invalid_names as check_invalid_names
 from ._checks import check_key_order as check_key_order
 from ._checks import check_key_order_across_nack as check_key_order_across_nack
@@ -121,6 +122,7 @@ __all__ = [
     # ---- G12 clear errors ----
     "check_closed_resources",
     "check_config_mismatch",
+    "check_hostile_strings",
     "check_invalid_names",
     "check_payload_errors",
     "check_unknown_backend",

@@ -43,6 +43,7 @@ __all__ = [
     "run_conformance",
     "check_bounded_retention",
     "check_gap_counts_only_unacked",
+    "check_hostile_strings",
     "check_cancelled_receive_lite",
     "check_cancelled_receive_ordered",
     "check_channel_lifecycle",
@@ -1775,6 +1776,108 @@ async def check_payload_errors(backend: BackendFactory) -> None:
                 await topic.send("k", b"x" * ((1 << 20) + 1))
 
 
+#: A lone surrogate: a valid Python str that no UTF-8 encoder (nor any wire) can carry.
+_SURROGATE = "s\ud800"
+_LONG = "x" * 10_000
+
+
+def _short_error(exc: BaseException, what: str) -> None:
+    _true(len(str(exc)) < 400, f"{what}: the error message echoes {len(str(exc))} characters")
+
+
+async def check_hostile_strings(backend: BackendFactory) -> None:
+    """G12: lone surrogates, NUL characters and very long strings in every free-form field (key,
+    ``dedupe_id``, header names and values, reject reasons, names) get a specific LitechanError
+    with a short message and write nothing, or, where the field allows them, arrive intact.
+
+    .. versionadded:: 0.2.0
+    """
+    with _bounded():
+        async with backend() as h, h.connect() as broker:
+            topic = broker.ordered_topic(_TOPIC, partitions=1)
+            replies = broker.lite_topics(_PARENT)
+            refused: list[tuple[str, Callable[[], Awaitable[object]], type[Exception]]] = [
+                ("a key with a lone surrogate", lambda: topic.send(_SURROGATE, b"x"),
+                 litechan.InvalidName),
+                ("a key of 10,000 characters", lambda: topic.send(_LONG, b"x"),
+                 litechan.InvalidName),
+                ("a dedupe_id with a lone surrogate",
+                 lambda: topic.send("k", b"x", dedupe_id=_SURROGATE), litechan.InvalidArgument),
+                ("a dedupe_id of 10,000 characters",
+                 lambda: topic.send("k", b"x", dedupe_id=_LONG), litechan.InvalidArgument),
+                ("a header value with a lone surrogate",
+                 lambda: topic.send("k", b"x", headers={"h": _SURROGATE}),
+                 litechan.InvalidPayload),
+                ("a header name with a lone surrogate",
+                 lambda: replies.publish("s1", b"x", headers={_SURROGATE: "v"}),
+                 litechan.InvalidPayload),
+                ("headers of 100,000 characters",
+                 lambda: replies.publish("s1", b"x", headers={"h": "x" * 100_000}),
+                 litechan.PayloadTooLarge),
+                ("a lite topic with a lone surrogate", lambda: replies.publish(_SURROGATE, b"x"),
+                 litechan.InvalidName),
+                ("a lite topic of 10,000 characters", lambda: replies.publish(_LONG, b"x"),
+                 litechan.InvalidName),
+            ]  # fmt: skip
+            for what, call, expected in refused:
+                try:
+                    await call()
+                except expected as exc:
+                    _short_error(exc, what)
+                except Exception as exc:
+                    raise AssertionError(
+                        f"{what}: expected {expected.__name__}, got {type(exc).__name__}: "
+                        f"{str(exc)[:200]}"
+                    ) from exc
+                else:
+                    raise AssertionError(f"{what}: expected {expected.__name__}, nothing raised")
+            for what, make in (
+                ("topic name", lambda bad: broker.ordered_topic(bad)),
+                ("parent name", lambda bad: broker.lite_topics(bad)),
+                ("group name", lambda bad: topic.consumer(group=bad, name="w")),
+                ("subscriber name", lambda bad: replies.subscriber(group="g", name=bad)),
+            ):
+                for bad in (_SURROGATE, _LONG):
+                    try:
+                        make(bad)
+                    except litechan.InvalidName as exc:
+                        _short_error(exc, f"a {what} of {len(bad)} characters")
+                    else:
+                        raise AssertionError(f"a {what} {bad[:20]!r}: no InvalidName raised")
+            _equal((await topic.stats()).length, 0, "messages after refused sends")
+            _equal((await replies.stats()).topics, 0, "lite topics after refused publishes")
+
+            # NUL and the rest of Unicode are data: they arrive as sent.
+            key, headers = "k\x00会话", {"n\x00ame": "v\x00a\U0001f600"}
+            first = await topic.send(key, b"\x00", headers=headers, dedupe_id="d\x00")
+            again = await topic.send(key, b"\x00", headers=headers, dedupe_id="d\x00")
+            _equal((again.offset, again.duplicate), (first.offset, True), "dedupe_id with NUL")
+            await topic.send(key, b"second")
+            await replies.publish("s1", b"\x00", headers=headers)
+            async with (
+                topic.consumer(group=_GROUP, name="w1") as consumer,
+                _reading(consumer, "w1") as inbox,
+            ):
+                msg = await inbox.get("the message with NUL characters")
+                _equal((msg.key, msg.payload, msg.headers), (key, b"\x00", headers), "NUL data")
+                for bad_reason in (_SURROGATE, 42):
+                    with _raises(litechan.InvalidArgument, f"reject(reason={bad_reason!r})"):
+                        await msg.reject(bad_reason)  # type: ignore[arg-type]
+                await msg.reject("r\x00" + _LONG)  # still unsettled: this one settles it
+                second = await inbox.get("the message after the rejected one")
+                _equal(second.payload, b"second", "the key goes on after a reject")
+                await second.ack()
+                (letter,) = await topic.dead_letters(_GROUP)
+                _true(letter.reason.startswith("r\x00x"), f"dead-letter reason {letter.reason!r}")
+                _true(len(letter.reason) <= 1100, "a reason of 10,002 characters is cut")
+            async with (
+                replies.subscriber(group=_LITE_GROUP, name="gw-1") as sub,
+                _reading(await sub.subscribe("s1"), "gw-1") as lite_inbox,
+            ):
+                lite = await lite_inbox.get("the reply with NUL characters")
+                _equal((lite.payload, lite.headers), (b"\x00", headers), "NUL in a reply")
+
+
 async def check_config_mismatch(backend: BackendFactory) -> None:
     """G12: re-declaring an ordered topic or a lite-topic parent with other settings, from any
     broker of the world, raises ConfigMismatch (at declaration or first use).
@@ -2120,6 +2223,7 @@ CHECKS: tuple[Check, ...] = (
     # G12 clear errors
     check_invalid_names,
     check_payload_errors,
+    check_hostile_strings,
     check_config_mismatch,
     check_unknown_backend,
     check_closed_resources,
