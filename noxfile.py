@@ -94,7 +94,7 @@ DEFAULT_PYTHON = PYTHONS[0]
 
 
 @nox.session(python=PYTHONS)
-@nox.parametrize("extras", ["redis,test", "test"], ids=["all-extras", "no-redis"])
+@nox.parametrize("extras", ["redis,test,test-redis", "test"], ids=["all-extras", "no-redis"])
 def tests(session: nox.Session, extras: str) -> None:
     """Run the test suite, with and without the optional Redis client installed."""
     session.install("-e", f".[{extras}]")

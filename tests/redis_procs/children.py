@@ -121,6 +121,16 @@ class Child:
         self.killed_at = time.monotonic()
         return self.killed_at
 
+    def pause(self) -> float:
+        """SIGSTOP the child (it keeps its sockets, runs nothing); return the stamp."""
+        self.process.send_signal(signal.SIGSTOP)
+        return time.monotonic()
+
+    def resume(self) -> float:
+        """SIGCONT a paused child; return the stamp (events it reports later are after it)."""
+        self.process.send_signal(signal.SIGCONT)
+        return time.monotonic()
+
     async def stop(self, limit: float = 10.0) -> int:
         """Ask the child to stop (a ``stop`` line); return its exit code (SIGKILL if it hangs)."""
         if self.running and self.process.stdin is not None:

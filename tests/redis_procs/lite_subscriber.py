@@ -1,7 +1,8 @@
 """A gateway: subscribes to one lite topic and acks every message up to ``ack_upto``.
 
 Config: url, parent, ttl, max_len, group, name, topic, ack_upto, die_after_ack (optional: SIGKILL
-itself right after the ack of ``ack_upto`` returned). Events: ``subscribed``,
+itself right after the ack of ``ack_upto`` returned), hold (optional: seconds each message is
+"processed" before its ack, so the process can be paused mid-message). Events: ``subscribed``,
 ``got`` (lite_topic, offset, epoch, payload, gap_before), ``acked`` (offset), ``ended`` (reason).
 Messages above ``ack_upto`` are received and never acked (they stay un-acked for the group).
 """
@@ -39,6 +40,8 @@ async def main(cfg: dict[str, Any]) -> None:
                     gap_before=msg.gap_before,
                 )
                 if msg.offset <= cfg["ack_upto"]:
+                    if cfg.get("hold"):
+                        await anyio.sleep(cfg["hold"])  # the work this message stands for
                     await msg.ack()
                     emit("acked", offset=msg.offset)
                     if msg.offset == cfg["ack_upto"] and cfg.get("die_after_ack"):

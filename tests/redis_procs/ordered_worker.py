@@ -1,6 +1,8 @@
 """A worker of an ordered topic: acks the first ``ack_first`` messages, then holds the rest.
 
-Config: url, topic, partitions, group, name, ack_first (null: ack everything). Events:
+Config: url, topic, partitions, group, name, ack_first (null: ack everything), hold (optional:
+seconds each message is "processed" before its ack, so the process can be paused mid-message).
+Events:
 ``ready``, ``partitions`` (the owned partitions, each time they change), ``got`` (key, payload,
 partition, offset, delivery_count), ``acked`` (key, payload, offset, got_t: the stamp of its
 ``got``, taken before ack() was called), ``holding`` (n: how many messages it holds un-acked).
@@ -52,6 +54,8 @@ async def main(cfg: dict[str, Any]) -> None:
                     delivery_count=msg.delivery_count,
                 )
                 if ack_first is None or acked < ack_first:
+                    if cfg.get("hold"):
+                        await anyio.sleep(cfg["hold"])  # the work this message stands for
                     await msg.ack()
                     acked += 1
                     emit(
