@@ -29,6 +29,7 @@ from ._errors import LitechanError as LitechanError
 from ._errors import Overloaded as Overloaded
 from ._errors import PayloadTooLarge as PayloadTooLarge
 from ._errors import ResourceClosed as ResourceClosed
+from ._errors import ServerError as ServerError
 from ._errors import UnknownBackend as UnknownBackend
 from ._hashing import partition_for as partition_for
 from ._lite import Channel as Channel
@@ -86,6 +87,7 @@ __all__ = [
     "BrokerUnavailable",
     "Overloaded",
     "ResourceClosed",
+    "ServerError",
     "CorruptEntry",
     # version
     "__version__",

@@ -138,6 +138,7 @@ class Broker:
             self._state = "closed"
             return
         self._state = "closed"
+        self._backend.closing()
         with anyio.CancelScope(shield=True):
             for resource in list(self._resources):
                 await resource.aclose()

@@ -19,6 +19,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "ResourceClosed",
+    "ServerError",
     "UnknownBackend",
 ]
 
@@ -86,9 +87,19 @@ class BrokerUnavailable(LitechanError):
 
 
 class Overloaded(LitechanError):
-    """The broker refuses more work for now (a bounded queue is full); retry later.
+    """The broker refuses more work for now (a bounded queue is full, or the server is out of
+    memory); nothing was written. Retry later, or shed the load.
 
     .. versionadded:: 0.1.0
+    """
+
+
+class ServerError(LitechanError):
+    """The server refused or failed a command for a reason that waiting will not fix: the user
+    may not run it (ACL), the server is a read-only replica, or it cannot persist. The message
+    carries the server's own words.
+
+    .. versionadded:: 0.2.0
     """
 
 

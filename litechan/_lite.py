@@ -13,6 +13,7 @@ topics the subscriber owns.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
@@ -23,7 +24,7 @@ import anyio.abc
 import anyio.lowlevel
 import structlog
 
-from ._backends.base import LiteListener, LiteMember, LiteSpec, Start
+from ._backends.base import ALWAYS_FRESH, Fence, LiteListener, LiteMember, LiteSpec, Start
 from ._errors import InvalidArgument, ResourceClosed
 from ._names import check_headers, check_int, check_name, check_payload
 from ._pacing import Pacer
@@ -211,6 +212,10 @@ class Channel:
                 if self._pacer.due():
                     await anyio.lowlevel.checkpoint()  # before taking anything (see _pacing)
                     continue
+                fence = ts.sub._fence
+                if fence.until <= time.monotonic():
+                    await fence.confirm()  # the topic may have been taken over meanwhile
+                    continue
                 return ts.buffer.popleft()
             if ts.end_reason is not None:
                 raise StopAsyncIteration
@@ -240,6 +245,7 @@ class Subscriber:
         self._group = group
         self._name = name
         self._member: LiteMember | None = None
+        self._fence: Fence = ALWAYS_FRESH
         self._subs: dict[str, _TopicSub] = {}
         self._ready: deque[_TopicSub] = deque()
         self._dead_ready = 0  # ended topics still in _ready
@@ -271,6 +277,7 @@ class Subscriber:
         backend = self._broker._open_backend
         listener = LiteListener(on_data=self._on_data, on_end=self._on_end)
         self._member = await backend.attach(self._topics._spec, self._group, self._name, listener)
+        self._fence = self._member.fence
         self._broker._register(self)
         return self
 
@@ -470,6 +477,11 @@ class Subscriber:
                     ts.in_ready = False
                     self._dead_ready -= 1
                 elif ts.buffer:
+                    fence = self._fence
+                    if fence.until <= time.monotonic():
+                        await fence.confirm()  # its topics may have been taken over meanwhile
+                        ready = self._ready
+                        continue
                     message = ts.buffer.popleft()
                     if ts.buffer or ts.notified:
                         ready.rotate(-1)  # round-robin: one busy session cannot starve others

@@ -10,6 +10,7 @@ a key's next message before the previous one is settled.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, Self, final
@@ -294,12 +295,20 @@ class Consumer:
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            entry = dispatcher.pop()
-            if entry is not None:
-                return Message(entry, self)
             member = self._member
             if member is None:
                 raise ResourceClosed("open the consumer with `async with` before iterating it")
+            if member.valid_until <= time.monotonic():
+                # A lease this consumer cannot prove any more (it was paused, or cut off from
+                # the server): another consumer may own the partition and hold its messages.
+                # Drop what is held of it before anything else is handed out (G1, G4).
+                with anyio.CancelScope(shield=True):
+                    for partition in member.lapse(time.monotonic()):
+                        await self._revoke(partition)
+                continue
+            entry = dispatcher.pop()
+            if entry is not None:
+                return Message(entry, self)
             want = self._want(dispatcher)
             if self._woken or want:
                 self._woken = False
@@ -407,8 +416,12 @@ class Consumer:
         entry = self._take(message)
         if entry is None or self._member is None:
             return
+        try:
+            await self._member.ack(entry)  # with acks=sync: the server's answer
+        except BaseException:
+            message._settled = False  # nothing changed: still the application's, key busy
+            raise
         self._dispatcher.settle(entry)
-        await self._member.ack(entry)
         await self._after_settle(entry)
 
     async def _reject(self, message: Message, reason: str) -> None:
@@ -416,8 +429,12 @@ class Consumer:
         entry = self._take(message)
         if entry is None or self._member is None:
             return
+        try:
+            await self._member.reject(entry, reason)
+        except BaseException:
+            message._settled = False
+            raise
         self._dispatcher.settle(entry)
-        await self._member.reject(entry, reason)
         await self._after_settle(entry)
 
     async def _nack(self, message: Message, delay: float) -> None:

@@ -14,8 +14,9 @@ a lagging subscriber read straight from retained storage (so trimming is seen as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 import anyio.abc
 import attrs
@@ -24,9 +25,11 @@ from .._clock import Clock
 from .._types import DeadLetter, EndReason, LiteTopicsStats, OrderedTopicStats, Receipt
 
 __all__ = [
+    "ALWAYS_FRESH",
     "Backend",
     "BackendOptions",
     "Entry",
+    "Fence",
     "GroupMember",
     "LiteBatch",
     "LiteListener",
@@ -156,12 +159,54 @@ class LiteListener:
     on_end: Callable[[str, EndReason], None]
 
 
+class Fence(Protocol):
+    """How long a subscriber may hand out lite-topic messages it already holds without proving
+    that it still owns their topics.
+
+    A process that stalled (paused, swapped out, its loop blocked) may have been taken over
+    meanwhile without having read the news yet. The core hands out a held message only while
+    ``until`` is ahead of ``time.monotonic()``, and otherwise awaits :meth:`confirm` first (and
+    then looks again whether the topic is still its own).
+    """
+
+    #: ``time.monotonic()`` until which held messages may be handed out.
+    until: float
+
+    async def confirm(self) -> None:
+        """Return once every ownership change made before the call is known here."""
+
+
+class _AlwaysFresh:
+    """The fence of a backend whose owners cannot miss a takeover (one process)."""
+
+    until = math.inf
+
+    async def confirm(self) -> None:
+        return None
+
+
+#: The :class:`Fence` of in-process backends.
+ALWAYS_FRESH: Final[Fence] = _AlwaysFresh()
+
+
 class GroupMember(Protocol):
     """One consumer's membership of a consumer group of an ordered topic."""
 
     @property
     def partitions(self) -> frozenset[int]:
         """The partitions this member owns now."""
+        ...
+
+    #: ``time.monotonic()`` until which every owned partition's lease is proven (``math.inf``
+    #: for a backend without leases). At or past it the core calls :meth:`lapse` before it
+    #: hands anything out.
+    valid_until: float
+
+    def lapse(self, now: float) -> Sequence[int]:
+        """Give up, here only, the partitions whose lease cannot be proven at *now* (a
+        ``time.monotonic()``); return them. The core drops their held messages without handing
+        them out: another consumer may own them already (G1, G4). The member may claim them
+        again later, as any partition."""
         ...
 
     async def fetch(self, max_entries: int) -> OrderedBatch:
@@ -191,6 +236,9 @@ class GroupMember(Protocol):
 class LiteMember(Protocol):
     """One subscriber's attachment to a lite-topic parent, for one group."""
 
+    #: When held messages may be handed out without proving ownership first.
+    fence: Fence
+
     async def subscribe(self, lite_topic: str, start: Start) -> Subscription:
         """Become the group's owner of *lite_topic*, revoking any previous owner (G7)."""
         ...
@@ -216,6 +264,10 @@ class Backend(Protocol):
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Connect, and start background work (timers, readers) in the broker's task group."""
+
+    def closing(self) -> None:
+        """The broker starts closing: what its consumers and subscribers still have to tell the
+        server must not hold the close up for long (the backend documents its bound)."""
 
     async def aclose(self) -> None:
         """Disconnect; the broker cancels its task group afterwards."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,7 @@ from .._types import (
     Receipt,
 )
 from .base import (
+    ALWAYS_FRESH,
     BackendOptions,
     Entry,
     LiteBatch,
@@ -222,9 +224,15 @@ class _GroupMember:
         self.closed = False
         self._rotation = 0
 
+    #: Ownership lives in this process: it is never in doubt.
+    valid_until = math.inf
+
     @property
     def partitions(self) -> frozenset[int]:
         return frozenset(self.owned)
+
+    def lapse(self, now: float) -> Sequence[int]:
+        return ()
 
     async def fetch(self, max_entries: int) -> OrderedBatch:
         revoked, self.to_revoke = self.to_revoke, []
@@ -443,6 +451,9 @@ class _LiteMember:
 
     __slots__ = ("group", "listener", "name", "owned", "parent", "world")
 
+    #: A takeover ends the old owner's channel at once, in this process.
+    fence = ALWAYS_FRESH
+
     def __init__(
         self, world: _World, parent: _Parent, group: str, name: str, listener: LiteListener
     ) -> None:
@@ -641,6 +652,9 @@ class MemoryBackend:
         self._world = world
         task_group.start_soon(self._alarm.run)
         world.expire_due()
+
+    def closing(self) -> None:
+        return None  # closing touches nothing but this process
 
     async def aclose(self) -> None:
         world = self._world

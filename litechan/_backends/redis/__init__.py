@@ -7,7 +7,9 @@ docs/design.md; in short:
 
 * ``_client``: one auto-batching connection per broker (commands of all tasks coalesced into
   pipelines, acks coalesced per topic), redis-py errors translated, outages retried.
-* ``_notes``: one pub/sub connection per broker carrying the notes scripts publish to it.
+* ``_replies``: what each error reply of the server means (an outage, a refusal, a bug).
+* ``_notes``: one pub/sub connection per broker carrying the notes scripts publish to it, and the
+  fence that keeps a stalled gateway from handing out what it may have lost.
 * ``_lite`` and ``_ordered``: lite topics and ordered topics.
 
 redis-py's asyncio client runs on asyncio only: under trio, opening a broker raises
@@ -36,7 +38,7 @@ from ..base import (
 )
 from ._client import Client, connection_pool, translate
 from ._lite import RedisLiteMember, RedisLiteTopics, encode_lite
-from ._notes import Notes
+from ._notes import Fence, Notes
 from ._options import RedisOptions, parse_url
 from ._ordered import RedisGroupMember, RedisOrderedTopic
 from ._scripts import SCRIPTS, SPEC
@@ -70,6 +72,7 @@ class RedisBackend:
         self._group_members: dict[str, RedisGroupMember] = {}
         self._serial = 0
         self._world = b""
+        self._fence: Fence | None = None
 
     @property
     def client(self) -> Client:
@@ -103,12 +106,20 @@ class RedisBackend:
         except Exception as exc:
             await client.aclose()
             raise translate(exc, "starting the Redis backend") from None
+        self._fence = Fence(self._notes, task_group)
+
+    def closing(self) -> None:
+        if self._client is not None:
+            self._client.closing()
 
     async def aclose(self) -> None:
+        self.closing()
         for group_member in list(self._group_members.values()):
             await group_member.aclose(())
         for lite_member in list(self._lite_members.values()):
             await lite_member.aclose()
+        if self._fence is not None:
+            self._fence.close()
         if self._notes is not None:
             await self._notes.aclose()
         if self._client is not None:
@@ -117,9 +128,7 @@ class RedisBackend:
 
     async def _world_marker(self) -> bytes:
         """The id of the data this server holds for the namespace (new after a data loss)."""
-        key = f"{self._ns}:world"
-        await self.client.call("SET", key, secrets.token_hex(8), "NX")
-        marker: bytes = await self.client.call("GET", key)
+        marker: bytes = await self.client.run(SPEC, (f"{self._ns}:world",), (secrets.token_hex(8),))
         return marker
 
     async def _on_connect(self, first: bool) -> None:
@@ -274,6 +283,7 @@ class RedisBackend:
     ) -> RedisLiteMember:
         parent = await self._parent(spec)
         assert self._task_group is not None
+        assert self._fence is not None
         return RedisLiteMember(
             parent,
             group,
@@ -282,6 +292,7 @@ class RedisBackend:
             listener,
             self._lite_members,
             self._task_group,
+            self._fence,
         )
 
     async def lite_stats(self, spec: LiteSpec, top: int) -> LiteTopicsStats:

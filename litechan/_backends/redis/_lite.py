@@ -15,6 +15,8 @@ every reconnection of the notes channel reconciles every owned topic the same wa
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
 import secrets
@@ -27,9 +29,10 @@ import anyio.abc
 import msgspec
 import structlog
 
+from ..._errors import LitechanError
 from ..._types import EndReason, LiteTopicLag, LiteTopicsStats
-from ..base import LiteBatch, LiteListener, LiteRecord, LiteSpec, Start, Subscription
-from ._client import Client, Settled, entry_body
+from ..base import Fence, LiteBatch, LiteListener, LiteRecord, LiteSpec, Start, Subscription
+from ._client import AckBatch, Client, entry_body
 from ._scripts import (
     LITE_ACK,
     LITE_FETCH,
@@ -184,6 +187,7 @@ class RedisLiteMember:
         listener: LiteListener,
         members: dict[str, RedisLiteMember],
         task_group: anyio.abc.TaskGroup,
+        fence: Fence,
     ) -> None:
         self._topics = topics
         self._client = topics.client
@@ -194,12 +198,13 @@ class RedisLiteMember:
         self._members = members
         self._owned: dict[str, _Own] = {}
         self._generations = itertools.count(1)
-        self._acks: dict[str, tuple[str, int, list[int]]] = {}  # topic -> (epoch, gen, offsets)
-        self._settled = Settled(self._client, self._flush_all_acks)
+        self._acks: dict[str, AckBatch] = {}
+        self._hooked = False
         self._deadlines: list[tuple[float, str]] = []
         self._timer = anyio.Event()
         self._closed = False
         self._ttl = topics.spec.ttl
+        self.fence = fence
         members[member_id] = self
         task_group.start_soon(self._expiry_loop)
 
@@ -209,16 +214,24 @@ class RedisLiteMember:
     # -- ownership -------------------------------------------------------------------------------
 
     async def subscribe(self, lite_topic: str, start: Start) -> Subscription:
-        self._flush_acks(lite_topic)
+        await self._settle(lite_topic)
         generation = next(self._generations)
         token = self._token(generation)
         own = _Own(generation, token)
         self._owned[lite_topic] = own  # before the reply: notes may overtake it
-        reply = await self._client.run(
-            LITE_SUBSCRIBE,
-            self._topics.keys(lite_topic),
-            (self._group, token, str(start), self._topics.ttl_ms, lite_topic),
-        )
+        try:
+            reply = await self._client.run(
+                LITE_SUBSCRIBE,
+                self._topics.keys(lite_topic),
+                (self._group, token, str(start), self._topics.ttl_ms, lite_topic),
+            )
+        except BaseException:
+            # It may have run (its reply lost in a cut) or run later (cancelled while queued):
+            # nothing of it may stay, here or on the server.
+            if self._owned.get(lite_topic) is own:
+                del self._owned[lite_topic]
+            self._give_up(lite_topic, token)
+            raise
         epoch, next_offset, last, pttl = reply
         if self._owned.get(lite_topic) is own:
             if not own.epoch:
@@ -228,31 +241,46 @@ class RedisLiteMember:
             self._track(lite_topic, seconds if own.epoch else seconds / 2)
         return Subscription(generation, int(next_offset))
 
+    def _give_up(self, lite_topic: str, token: str) -> asyncio.Future[Any] | None:
+        """Queue the removal of *token*'s ownership of *lite_topic* (fenced by the token, so it
+        never touches a later owner; persistent: it goes out whenever the server is back)."""
+        with contextlib.suppress(LitechanError):  # the broker is closed: nothing to tell
+            return self._client.run_later(
+                LITE_UNSUBSCRIBE,
+                self._topics.keys(lite_topic)[1:],
+                (self._group, token),
+                persistent=True,
+            )
+        return None
+
+    async def _settle(self, lite_topic: str) -> None:
+        """Send *lite_topic*'s pending acks and wait for their answer: an ownership change of
+        this member must not overtake its own acks, or they would be fenced."""
+        batch = self._flush_acks(lite_topic)
+        if batch is not None:
+            with contextlib.suppress(LitechanError):  # a failed ack is logged by the client
+                await self._client.bounded(batch.wait())
+
     async def unsubscribe(self, lite_topic: str) -> None:
-        self._flush_acks(lite_topic)
+        await self._settle(lite_topic)
         own = self._owned.pop(lite_topic, None)
         if own is not None:
-            await self._client.run(
-                LITE_UNSUBSCRIBE, self._topics.keys(lite_topic)[1:], (self._group, own.token)
-            )
+            call = self._give_up(lite_topic, own.token)
+            if call is not None:
+                await self._client.bounded(asyncio.shield(call))
 
     async def aclose(self) -> None:
         self._closed = True
         self._members.pop(self._id, None)
         self._timer.set()
-        self._flush_all_acks()
+        acks = [batch.wait() for topic in list(self._acks) if (batch := self._flush_acks(topic))]
+        if acks:
+            await self._client.bounded(asyncio.gather(*acks, return_exceptions=True))
         owned, self._owned = self._owned, {}
-        await self._client.many(
-            (
-                "EVALSHA",
-                LITE_UNSUBSCRIBE.sha,
-                1,
-                self._topics.keys(topic)[1],
-                self._group,
-                own.token,
-            )
-            for topic, own in owned.items()
-        )
+        calls = [self._give_up(topic, own.token) for topic, own in owned.items()]
+        pending = [call for call in calls if call is not None]
+        if pending:
+            await self._client.bounded(asyncio.gather(*pending, return_exceptions=True))
 
     def _end(self, lite_topic: str, reason: EndReason) -> None:
         if self._owned.pop(lite_topic, None) is not None:
@@ -389,32 +417,41 @@ class RedisLiteMember:
         own = self._owned.get(lite_topic)
         if own is None or own.generation != generation:
             return  # fenced locally; the script fences against other processes
-        self._queue_ack(lite_topic, epoch, generation, offset)
-        await self._settled.wait()
+        batch = self._queue_ack(lite_topic, epoch, generation, offset)
+        if self._client.options.acks == "sync":
+            await batch.wait()
 
-    def _queue_ack(self, lite_topic: str, epoch: str, generation: int, offset: int) -> None:
-        pending = self._acks.get(lite_topic)
-        if pending is None or pending[0] != epoch or pending[1] != generation:
+    def _queue_ack(self, lite_topic: str, epoch: str, generation: int, offset: int) -> AckBatch:
+        batch = self._acks.get(lite_topic)
+        if batch is None or batch.tag != epoch or batch.generation != generation:
             self._flush_acks(lite_topic)
-            self._acks[lite_topic] = (epoch, generation, [offset])
-            self._settled.queued()
-        else:
-            pending[2].append(offset)
+            batch = self._acks[lite_topic] = AckBatch(generation, epoch)
+            if not self._hooked:
+                self._hooked = True
+                self._client.before_flush(self._flush_all_acks)
+        batch.offsets.append(offset)
+        return batch
 
-    def _flush_acks(self, lite_topic: str) -> None:
-        pending = self._acks.pop(lite_topic, None)
-        if pending is None:
-            return
-        epoch, generation, offsets = pending
+    def _flush_acks(self, lite_topic: str) -> AckBatch | None:
+        """Send *lite_topic*'s pending acks as one call; return their batch (None: nothing)."""
+        batch = self._acks.pop(lite_topic, None)
+        if batch is None:
+            return None
         own = self._owned.get(lite_topic)
-        token = own.token if own is not None and own.generation == generation else None
+        token = own.token if own is not None and own.generation == batch.generation else None
         if token is None:
-            return
+            batch.done(None)  # ownership ended here: the acks are no-ops (G4)
+            return batch
         self._client.run_soon(
-            LITE_ACK, self._topics.keys(lite_topic), (self._group, token, epoch, *offsets)
+            LITE_ACK,
+            self._topics.keys(lite_topic),
+            (self._group, token, batch.tag, *batch.offsets),
+            on_done=batch.done,
         )
+        return batch
 
     def _flush_all_acks(self) -> None:
+        self._hooked = False
         for topic in list(self._acks):
             self._flush_acks(topic)
 
@@ -448,7 +485,13 @@ class RedisLiteMember:
                     continue
                 due.append(topic)
             if due:
-                await self._check(due)
+                try:
+                    await self._check(due)
+                except Exception as exc:  # never die of a reply: check these again soon
+                    logger.warning("litechan.lite.check_failed", error=str(exc))
+                    for topic in due:
+                        if topic in self._owned:
+                            self._track(topic, 1.0)
 
     async def reconcile(self) -> None:
         """Check every owned topic against the server (after the notes channel reconnected)."""
@@ -465,22 +508,17 @@ class RedisLiteMember:
             self._end(topic, EndReason.EXPIRED)
 
     async def _check(self, topics: list[str]) -> None:
-        owns = [self._owned.get(t) for t in topics]
-        replies = await self._client.many(
+        live = [(t, own) for t in topics if (own := self._owned.get(t)) is not None]
+        replies = await self._client.run_many(
+            LITE_KEEP,
             (
-                "EVALSHA",
-                LITE_KEEP.sha,
-                1,
-                self._topics.keys(t)[1],
-                self._group,
-                own.token,
-                self._topics.ttl_ms,
-                own.epoch,
-            )
-            for t, own in zip(topics, owns, strict=True)
-            if own is not None
+                (
+                    self._topics.keys(t)[1:],
+                    (self._group, own.token, self._topics.ttl_ms, own.epoch),
+                )
+                for t, own in live
+            ),
         )
-        live = [(t, own) for t, own in zip(topics, owns, strict=True) if own is not None]
         for (topic, own), reply in zip(live, replies, strict=True):
             if self._owned.get(topic) is not own:
                 continue

@@ -8,12 +8,22 @@ Groups of ordered topics have a rebalance channel each, subscribed while a membe
 Pub/sub is fire-and-forget: notes published while the connection is down are lost. So every
 (re)connection runs the ``on_connect`` callbacks, which reconcile the members' state with the
 server in batched round trips, and checks the world marker to notice a server that came back
-empty (``litechan.redis.data_lost``).
+empty (``litechan.redis.data_lost``). The first connection is made when the broker opens, and
+its failure is the broker's; after that, any failure (a cut, a server still loading its data
+during reconciliation, a callback's error) drops the link and builds it again: the reader never
+dies while the broker is open.
+
+:meth:`Notes.sync` is a round trip on this link: once it returns, every note published to the
+broker before it was called has been handled. :class:`Fence` uses it after the process stalled
+(see its docstring).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -22,15 +32,18 @@ import anyio.abc
 import redis.exceptions
 import structlog
 
-from ._client import CONNECTION_ERRORS, Client, pack
+from ._client import CONNECTION_ERRORS, Client, pack, translate
 from ._wire import Wire
 
-__all__ = ["Notes"]
+__all__ = ["STALL", "Fence", "Notes"]
 
 logger = structlog.get_logger("litechan")
 
 _BACKOFF_MIN: Final = 0.02
 _BACKOFF_MAX: Final = 0.5
+#: A loop that did not run for this long stalled (SIGSTOP, a long GC pause, a blocked loop).
+STALL: Final = 0.5
+_TICK: Final = 0.1
 
 
 class Notes:
@@ -49,21 +62,37 @@ class Notes:
         self._on_connect = on_connect
         self._handlers: dict[bytes, list[Callable[[bytes], None]]] = {}
         self._wire: Wire | None = None
-        self._ready = anyio.Event()
         self._closed = False
+        #: One entry per PING written on the link, in order: the sync waiting on its PONG.
+        self._pings: deque[anyio.Event | None] = deque()
+        #: Syncs waiting for the next link to be up and reconciled.
+        self._waiting: list[anyio.Event] = []
+        #: A link is up and reconciled: every note published to the broker arrives.
+        self.live = False
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
-        await task_group.start(self._run)
+        """Connect and subscribe (raising what went wrong), then read in the background."""
+        try:
+            wire = await self._open()
+        except Exception as exc:
+            raise translate(exc, f"subscribing to notes on {self._client.server}") from None
+        self._wire = wire
+        self.live = True
+        await self._on_connect(True)
+        task_group.start_soon(self._run, wire)
 
     async def aclose(self) -> None:
         self._closed = True
+        self.live = False
         wire, self._wire = self._wire, None
         if wire is not None:
-            await self._client.release(wire.conn)
+            with anyio.move_on_after(1.0):
+                await self._client.release(wire.conn)
+        self._release_waiters()
 
     async def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
         """Call *handler* with each message published to *channel* (until :meth:`forget`)."""
@@ -82,6 +111,18 @@ class Notes:
                 del self._handlers[key]
                 await self._send(pack(("UNSUBSCRIBE", channel)))
 
+    async def sync(self) -> None:
+        """Return once every note published to this broker before the call was handled: a
+        PING's answer on the link, or, when the link is down, its next reconciliation."""
+        event = anyio.Event()
+        wire = self._wire
+        if wire is None or not self.live:
+            self._waiting.append(event)
+        else:
+            self._pings.append(event)
+            await self._send(pack(("PING",)))
+        await event.wait()
+
     async def _send(self, packed: bytes) -> None:
         wire = self._wire
         if wire is None:
@@ -89,42 +130,59 @@ class Notes:
         with contextlib.suppress(*CONNECTION_ERRORS):  # the reader notices and reconnects
             await wire.write(packed)
 
-    async def _run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    async def _open(self) -> Wire:
+        conn = await self._client.dedicated()
+        try:
+            wire = Wire(conn)
+            channels = [self._channel, *(c.decode() for c in self._handlers)]
+            await wire.write(pack(("SUBSCRIBE", *channels)))
+            with anyio.fail_after(self._client.options.socket_timeout):
+                replies = [await wire.read() for _ in channels]
+        except BaseException:
+            await self._client.release(conn)
+            raise
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        if errors:
+            await self._client.release(conn)
+            raise errors[0]
+        return wire
+
+    async def _run(self, wire: Wire | None) -> None:
         backoff = _BACKOFF_MIN
-        first = True
         while not self._closed:
             try:
-                conn = await self._client.dedicated()
-            except CONNECTION_ERRORS:
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                continue
-            wire = Wire(conn)
-            try:
-                channels = [self._channel, *(c.decode() for c in self._handlers)]
-                await wire.write(pack(("SUBSCRIBE", *channels)))
-                with anyio.fail_after(self._client.options.socket_timeout):
-                    for _ in channels:
-                        await wire.read()
-                self._wire = wire
-                if first:
-                    first = False
-                    task_status.started()
-                    await self._on_connect(True)
-                else:
-                    await self._on_connect(False)
+                if wire is None:
+                    wire = await self._open()
+                    self._wire = wire
+                    await self._on_connect(False)  # reconcile what was missed
+                    self.live = True
+                    self._release_waiters()
                 backoff = _BACKOFF_MIN
                 await self._read(wire)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:  # any failure drops the link; the next one reconciles
                 if self.closed:
                     return
-                logger.warning("litechan.redis.notes_disconnected", error=str(exc))
-            finally:
-                if self._wire is wire:
-                    self._wire = None
-                await self._client.release(conn)
+                logger.warning("litechan.redis.notes_disconnected", error=str(exc) or repr(exc))
+            if wire is not None:
+                self._link_down(wire)
+                with anyio.move_on_after(1.0):
+                    await self._client.release(wire.conn)
+                wire = None
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _link_down(self, wire: Wire) -> None:
+        self.live = False
+        if self._wire is wire:
+            self._wire = None
+        # Syncs waiting on this link's PINGs are answered by the next reconciliation instead.
+        self._waiting.extend(event for event in self._pings if event is not None)
+        self._pings.clear()
+
+    def _release_waiters(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for event in waiting:
+            event.set()
 
     async def _read(self, wire: Wire) -> None:
         on_note = self._on_note
@@ -141,12 +199,22 @@ class Notes:
                     if pinged:  # no answer to a PING for a whole socket_timeout: a dead link
                         raise redis.exceptions.TimeoutError("no reply to PING on notes channel")
                     pinged = True
+                    self._pings.append(None)
                     await wire.write(pack(("PING",)))
                 else:
                     pinged = False
                 continue
-            if type(reply) is not list or reply[0] != b"message":
-                continue  # (un)subscribe confirmations, pongs
+            if type(reply) is not list:
+                continue  # an error reply on a subscribed link cannot come from our commands
+            kind = reply[0]
+            if kind == b"pong":
+                if self._pings:
+                    event = self._pings.popleft()
+                    if event is not None:
+                        event.set()
+                continue
+            if kind != b"message":
+                continue  # (un)subscribe confirmations
             channel = reply[1]
             try:
                 if channel == own:
@@ -156,3 +224,70 @@ class Notes:
                         handler(reply[2])
             except Exception:  # a note must never stop the reader
                 logger.exception("litechan.redis.note_failed", note=reply[2][:200])
+
+
+class Fence:
+    """How long a gateway may hand out replies it already holds without proving it still owns
+    their lite topics (implements the backend interface's ``Fence``).
+
+    A lite topic has no lease: another gateway takes it over at once (G7), and the old owner
+    learns it from an ``R`` note. A process that stalled (SIGSTOP, a long GC pause, a blocked
+    loop) may wake up with that note unread and replies of the topic in its buffers. So a
+    subscriber hands out what it holds only while :attr:`until` is ahead of ``time.monotonic()``:
+    a timer callback moves it ahead every 0.1 s while the loop runs and the notes link is live,
+    and stops moving it when the loop stalled for more than 0.5 s or the link is down. Past it,
+    the subscriber awaits :meth:`confirm`, a round trip on the notes link (or its next
+    reconciliation) after which every note published before it has been handled, revocations
+    included. The timer is a loop callback, not a task: a task waking every 0.1 s would keep
+    ``anyio.wait_all_tasks_blocked()`` (which polls at that very period) from ever returning.
+    """
+
+    def __init__(self, notes: Notes, task_group: anyio.abc.TaskGroup) -> None:
+        self._notes = notes
+        self._task_group = task_group
+        self._round: anyio.Event | None = None
+        self._stalled = False
+        self._loop = asyncio.get_running_loop()
+        self._last = time.monotonic()
+        self.until = self._last + STALL
+        self._timer = self._loop.call_later(_TICK, self._tick)
+
+    async def confirm(self) -> None:
+        """Return once every note published before the call was handled."""
+        event = self._round or self._start_round()
+        await event.wait()
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+    def _start_round(self) -> anyio.Event:
+        event = self._round = anyio.Event()
+        try:
+            self._task_group.start_soon(self._sync, event)
+        except RuntimeError:  # the broker is closing: nothing to prove any more
+            self._round = None
+            event.set()
+        return event
+
+    async def _sync(self, event: anyio.Event) -> None:
+        started = time.monotonic()
+        try:
+            await self._notes.sync()
+            self._stalled = False
+            self.until = started + STALL
+        finally:
+            self._round = None
+            event.set()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last > STALL:
+            logger.info("litechan.redis.stalled", seconds=round(now - self._last, 3))
+            self._stalled = True
+            if self._round is None:
+                self._start_round()
+        elif not self._stalled and self._notes.live:
+            self.until = now + STALL
+        self._last = now
+        if not self._notes.closed:
+            self._timer = self._loop.call_later(_TICK, self._tick)

@@ -17,6 +17,9 @@ or left with more to read, so an idle consumer costs no round trips.
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -25,9 +28,10 @@ import anyio.abc
 import msgspec
 import structlog
 
+from ..._errors import LitechanError
 from ..._types import DeadLetter, GroupLag, OrderedTopicStats, PartitionStats, Receipt
 from ..base import Entry, OrderedBatch, OrderedListener, OrderedSpec
-from ._client import Client, Settled, entry_body
+from ._client import AckBatch, Client, OnDone, entry_body
 from ._notes import Notes
 from ._scripts import (
     ORDERED_ACK,
@@ -35,6 +39,7 @@ from ._scripts import (
     ORDERED_FETCH,
     ORDERED_HEARTBEAT,
     ORDERED_NACK,
+    ORDERED_RECOVER,
     ORDERED_REJECT,
     ORDERED_RELEASE,
     ORDERED_RENEW,
@@ -47,6 +52,10 @@ logger = structlog.get_logger("litechan")
 
 #: Dead letters kept per group and partition (oldest dropped first).
 MAX_DEAD_LETTERS: Final = 10_000
+#: The part of a lease a member does not count on: it stops handing out a partition's messages
+#: once 80 % of the lease has passed since the last renewal that succeeded was sent (its clock
+#: and the server's may drift, and the renewal ran some time after it was sent).
+LEASE_MARGIN: Final = 0.2
 
 OrderedBody = tuple[str, bytes, dict[str, str] | None, float]
 DeadBody = tuple[str, bytes, dict[str, str], int, int, int, str]
@@ -72,6 +81,11 @@ class RedisOrderedTopic:
         """stream, meta, group hash, pending hash, redo list."""
         tag = self.tag(partition)
         return (tag + ":s", tag + ":m", f"{tag}:g:{group}", f"{tag}:p:{group}", f"{tag}:r:{group}")
+
+    def release_keys(self, partition: int, group: str) -> tuple[str, str, str, str]:
+        """group hash, pending hash, redo list, meta: the keys of ORDERED_RELEASE."""
+        _, meta, gk, pending, redo = self.part_keys(partition, group)
+        return gk, pending, redo, meta
 
     def dead_key(self, partition: int, group: str) -> str:
         return f"{self.tag(partition)}:x:{group}"
@@ -211,16 +225,25 @@ class RedisGroupMember:
         self._lease_ms = round(lease * 1000)
         self._token = f"{channel}|{member_id}|0|{name}"
         self._owned: dict[int, int] = {}  # partition -> generation
+        self._proven: dict[int, float] = {}  # partition -> monotonic time its lease is proven to
+        self._held: dict[int, set[int]] = {}  # partition -> offsets handed out, not settled
+        self._recover: set[int] = set()  # partitions a lost reply may have left entries in
+        self._unsure: set[int] = set()  # partitions a claim without a reply may have taken
         self._revoking: set[int] = set()
         self._to_revoke: list[int] = []
+        self._lost: list[int] = []  # taken by another member, not yet dropped by the core
         self._dirty: set[int] = set()
-        self._acks: dict[int, tuple[int, list[int]]] = {}  # partition -> (generation, offsets)
-        self._settled = Settled(self._client, self._flush_all_acks)
+        self._acks: dict[int, AckBatch] = {}
+        self._settling: dict[int, int] = {}  # partition -> acks and nacks not answered yet
+        self._quiet: dict[int, asyncio.Future[None]] = {}  # waiters for _settling to reach 0
+        self._hooked = False
         self._rotation = 0
         self._closed = False
         self._rebalance = anyio.Event()
         self._scope = anyio.CancelScope()
         self._balancing = anyio.Lock()
+        self._forget_reconnect = self._client.on_reconnect(self._on_link_reset)
+        self.valid_until = math.inf
         members[member_id] = self
 
     @property
@@ -245,9 +268,51 @@ class RedisGroupMember:
             self._listener.wake()
 
     def on_reconnect(self) -> None:
+        """The notes link came back: notes may have been lost."""
         self._dirty.update(self._owned)
         self._rebalance.set()
         self._listener.wake()
+
+    def _on_link_reset(self) -> None:
+        # The command link came back: replies of the lost one may be missing, fetches among
+        # them. Before the next fetch of each partition, what the member does not hold goes
+        # back to the head of the line (ORDERED_RECOVER).
+        self._recover.update(self._owned)
+        self.on_reconnect()
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    def _prove(self, partition: int, sent_at: float) -> None:
+        """The server renewed (or granted) *partition*'s lease at or after *sent_at*."""
+        self._proven[partition] = sent_at + self._lease * (1 - LEASE_MARGIN)
+        self.valid_until = min(self._proven.values())
+
+    def lapse(self, now: float) -> list[int]:
+        lost, self._lost = self._lost, []
+        lapsed = [p for p, until in self._proven.items() if until <= now]
+        for p in lapsed:
+            logger.warning(
+                "litechan.ordered.lease_lapsed",
+                topic=self._topic.spec.name,
+                group=self._group,
+                consumer=self._name,
+                partition=p,
+                hint="no renewal of the lease succeeded in time (the process was paused or "
+                "cut off): the partition is given up before another consumer claims it",
+            )
+            self._forget(p)
+        self.valid_until = min(self._proven.values(), default=math.inf)
+        return lost + lapsed
+
+    def _forget(self, partition: int) -> None:
+        """Stop owning *partition* here (its lease is lost or unproven)."""
+        self._flush_acks(partition)  # fenced on the server if the partition moved
+        self._owned.pop(partition, None)
+        self._proven.pop(partition, None)
+        self._held.pop(partition, None)
+        self._recover.discard(partition)
+        self._dirty.discard(partition)
+        self.valid_until = min(self._proven.values(), default=math.inf)
 
     async def _balance_loop(self) -> None:
         with self._scope:
@@ -259,7 +324,7 @@ class RedisGroupMember:
                     return
                 try:
                     await self._balance()
-                except Exception as exc:  # an outage: the next round tries again
+                except Exception as exc:  # an outage or a refusal: the next round tries again
                     logger.warning(
                         "litechan.ordered.rebalance_failed",
                         topic=self._topic.spec.name,
@@ -293,21 +358,21 @@ class RedisGroupMember:
         )
         changed = False
         # Renew what we own; a partition whose lease we lost is given up at once.
-        owned = sorted(self._owned)
-        renewals = await self._client.many(
+        owned = sorted(self._owned.items())
+        sent_at = time.monotonic()
+        renewals = await self._client.run_many(
+            ORDERED_RENEW,
             (
-                "EVALSHA",
-                ORDERED_RENEW.sha,
-                1,
-                topic.part_keys(p, self._group)[2],
-                self._token,
-                self._owned[p],
-                self._lease_ms,
-            )
-            for p in owned
+                ((topic.part_keys(p, self._group)[2],), (self._token, generation, self._lease_ms))
+                for p, generation in owned
+            ),
         )
-        for p, ok in zip(owned, renewals, strict=True):
-            if ok == 0 and p in self._owned:
+        for (p, generation), ok in zip(owned, renewals, strict=True):
+            if self._owned.get(p) != generation:
+                continue
+            if ok == 1:
+                self._prove(p, sent_at)
+            elif ok == 0:
                 logger.warning(
                     "litechan.ordered.lease_lost",
                     topic=topic.spec.name,
@@ -322,33 +387,33 @@ class RedisGroupMember:
             self._to_revoke.append(p)
             changed = True
         wanted = sorted(desired - self._owned.keys())
-        claims = await self._client.many(
+        sent_at = time.monotonic()
+        claims = await self._client.run_many(
+            ORDERED_CLAIM,
             (
-                "EVALSHA",
-                ORDERED_CLAIM.sha,
-                5,
-                *topic.part_keys(p, self._group),
-                self._group,
-                self._token,
-                self._lease_ms,
-            )
-            for p in wanted
+                (topic.part_keys(p, self._group), (self._group, self._token, self._lease_ms))
+                for p in wanted
+            ),
         )
         for p, reply in zip(wanted, claims, strict=True):
             if isinstance(reply, list) and int(reply[0]) == 1:
                 self._owned[p] = int(reply[1])
+                self._held[p] = set()
+                self._unsure.discard(p)
+                self._prove(p, sent_at)
                 self._dirty.add(p)
                 changed = True
+            elif isinstance(reply, BaseException):
+                self._unsure.add(p)  # it may have run: released by token at close
         if changed:
             self._listener.wake()
 
     def _drop(self, partition: int) -> None:
-        self._owned.pop(partition, None)
-        self._acks.pop(partition, None)
-        self._dirty.discard(partition)
-        if partition not in self._revoking:
-            self._revoking.add(partition)
-            self._to_revoke.append(partition)
+        """*partition* is another member's now (a renewal or a fetch was fenced): the core
+        drops what it holds of it before it hands out anything else (through :meth:`lapse`)."""
+        self._forget(partition)
+        self._lost.append(partition)
+        self.valid_until = -math.inf
 
     # -- fetching --------------------------------------------------------------------------------
 
@@ -364,30 +429,52 @@ class RedisGroupMember:
         dirty = dirty[self._rotation :] + dirty[: self._rotation]
         for p in dirty:
             self._flush_acks(p)
-        share = max(1, max_entries // len(dirty))
         topic = self._topic
         generations = [self._owned[p] for p in dirty]
-        replies = await self._client.many(
-            (
-                "EVALSHA",
-                ORDERED_FETCH.sha,
-                5,
-                *topic.part_keys(p, self._group),
-                self._token,
-                g,
-                share,
+        recovering = [(p, g) for p, g in zip(dirty, generations, strict=True) if p in self._recover]
+        if recovering:
+            # Before the fetch, not with it: a fetch that ran first would be undone.
+            self._recover.difference_update(p for p, _ in recovering)
+            recovered = await self._client.run_many(
+                ORDERED_RECOVER,
+                (
+                    (
+                        topic.part_keys(p, self._group)[2:],
+                        (self._token, g, *sorted(self._held.get(p, ()))),
+                    )
+                    for p, g in recovering
+                ),
             )
-            for p, g in zip(dirty, generations, strict=True)
+            for (p, _), outcome in zip(recovering, recovered, strict=True):
+                if isinstance(outcome, BaseException):
+                    self._recover.add(p)  # try again with the next fetch
+                elif int(outcome) > 0:
+                    logger.info(
+                        "litechan.ordered.recovered",
+                        topic=topic.spec.name,
+                        group=self._group,
+                        partition=p,
+                        pending=int(outcome),
+                    )
+        share = max(1, max_entries // len(dirty))
+        replies = await self._client.run_many(
+            ORDERED_FETCH,
+            (
+                (topic.part_keys(p, self._group), (self._token, g, share))
+                for p, g in zip(dirty, generations, strict=True)
+            ),
         )
         batch: list[Entry] = []
         for p, generation, reply in zip(dirty, generations, replies, strict=True):
             if isinstance(reply, BaseException):
                 self._dirty.add(p)
+                self._recover.add(p)  # it may have run and taken entries
                 logger.warning("litechan.ordered.fetch_failed", partition=p, error=str(reply))
                 continue
+            if self._owned.get(p) != generation:
+                continue  # lapsed or lost while the fetch was out: the entries stay pending
             if reply and reply[0] == b"F":
-                if self._owned.get(p) == generation:
-                    self._drop(p)  # reported through _to_revoke below
+                self._drop(p)
                 continue
             trimmed = int(reply[0])
             if trimmed:
@@ -399,6 +486,7 @@ class RedisGroupMember:
                     lost=trimmed,
                     hint="the group fell more than max_len behind; raise max_len or add consumers",
                 )
+            held = self._held.setdefault(p, set())
             count = 0
             for i in range(1, len(reply), 3):
                 offset, deliveries, fields = int(reply[i]), int(reply[i + 1]), reply[i + 2]
@@ -406,15 +494,13 @@ class RedisGroupMember:
                 entry = self._entry(p, generation, offset, deliveries, fields)
                 if entry is None:
                     continue
+                held.add(offset)
                 if deliveries > self._max_deliveries:
                     await self.reject(entry, f"delivered {deliveries - 1} times without ack")
                     continue
                 batch.append(entry)
             if count >= share:
                 self._dirty.add(p)  # more may be waiting
-        if self._to_revoke:
-            revoked.extend(self._to_revoke)
-            self._to_revoke = []
         return OrderedBatch(batch, revoked)
 
     def _entry(
@@ -453,25 +539,77 @@ class RedisGroupMember:
         p = entry.partition
         if self._owned.get(p) != entry.generation:
             return
-        pending = self._acks.get(p)
-        if pending is None or pending[0] != entry.generation:
+        held = self._held.get(p)
+        if held is not None:
+            held.discard(entry.offset)
+        batch = self._acks.get(p)
+        if batch is None or batch.generation != entry.generation:
             self._flush_acks(p)
-            self._acks[p] = (entry.generation, [entry.offset])
-        else:
-            pending[1].append(entry.offset)
-        await self._settled.wait()
+            batch = self._acks[p] = AckBatch(entry.generation)
+            if not self._hooked:
+                self._hooked = True
+                self._client.before_flush(self._flush_all_acks)
+        batch.offsets.append(entry.offset)
+        if self._client.options.acks == "sync":
+            await batch.wait()
 
     def _flush_acks(self, p: int) -> None:
-        pending = self._acks.pop(p, None)
-        if pending is not None:
-            generation, offsets = pending
-            self._client.run_soon(
-                ORDERED_ACK,
-                self._topic.part_keys(p, self._group)[2:4],
-                (self._token, generation, *offsets),
-            )
+        batch = self._acks.pop(p, None)
+        if batch is None:
+            return
+        track = self._tracker(p, batch.generation)
+
+        def done(outcome: Any) -> None:
+            batch.done(outcome)
+            track(outcome)
+
+        self._client.run_soon(
+            ORDERED_ACK,
+            self._topic.part_keys(p, self._group)[2:4],
+            (self._token, batch.generation, *batch.offsets),
+            on_done=done,
+        )
+
+    def _tracker(self, p: int, generation: int) -> OnDone:
+        """Count a settlement call (ack, nack) of *p* until it is answered: a release of *p*
+        waits for the count to reach 0, so that it cannot overtake the member's own
+        settlements. A failed one leaves its offsets pending: this member hands them out again
+        (at-least-once)."""
+        self._settling[p] = self._settling.get(p, 0) + 1
+
+        def done(outcome: Any) -> None:
+            left = self._settling[p] - 1
+            if left:
+                self._settling[p] = left
+            else:
+                del self._settling[p]
+                waiter = self._quiet.pop(p, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            failed = isinstance(outcome, BaseException) and not self._closed
+            if failed and self._owned.get(p) == generation:
+                self._recover.add(p)
+                self._dirty.add(p)
+                self._listener.wake()
+
+        return done
+
+    async def _settle(self, *partitions: int) -> None:
+        """Send the pending acks of *partitions* and wait (bounded) until their settlements
+        are answered."""
+        waiters = []
+        for p in partitions:
+            self._flush_acks(p)
+            if self._settling.get(p):
+                waiter = self._quiet.get(p)
+                if waiter is None:
+                    waiter = self._quiet[p] = asyncio.get_running_loop().create_future()
+                waiters.append(asyncio.shield(waiter))
+        if waiters:
+            await self._client.bounded(asyncio.gather(*waiters))
 
     def _flush_all_acks(self) -> None:
+        self._hooked = False
         for p in list(self._acks):
             self._flush_acks(p)
 
@@ -484,6 +622,7 @@ class RedisGroupMember:
             ORDERED_NACK,
             self._topic.part_keys(p, self._group)[2:4],
             (self._token, entry.generation, entry.offset, entry.delivery_count + 1),
+            on_done=self._tracker(p, entry.generation),
         )
 
     async def reject(self, entry: Entry, reason: str) -> None:
@@ -500,60 +639,87 @@ class RedisGroupMember:
             key=entry.key,
             reason=reason,
         )
-        await self._client.run(
-            ORDERED_REJECT,
-            (*self._topic.part_keys(p, self._group)[2:4], self._topic.dead_key(p, self._group)),
-            (
-                self._token,
-                entry.generation,
-                entry.offset,
-                _dead_body(entry, reason),
-                MAX_DEAD_LETTERS,
-            ),
-        )
+        held = self._held.get(p)
+        if held is not None:
+            held.discard(entry.offset)
+        try:
+            await self._client.run(
+                ORDERED_REJECT,
+                (*self._topic.part_keys(p, self._group)[2:4], self._topic.dead_key(p, self._group)),
+                (
+                    self._token,
+                    entry.generation,
+                    entry.offset,
+                    _dead_body(entry, reason),
+                    MAX_DEAD_LETTERS,
+                ),
+            )
+        except Exception:
+            if self._owned.get(p) == entry.generation:
+                self._recover.add(p)  # still pending: handed out again
+                self._dirty.add(p)
+                self._listener.wake()
+            raise
 
     async def release(self, partition: int, undelivered: Sequence[Entry]) -> None:
         self._revoking.discard(partition)
-        generation = self._owned.pop(partition, None)
-        self._dirty.discard(partition)
+        generation = self._owned.get(partition)
         if generation is None:
             return
-        self._flush_acks(partition)
-        await self._release(partition, generation, undelivered)
+        await self._settle(partition)
+        self._forget(partition)
+        await self._release(partition, str(generation), undelivered)
         self._rebalance.set()
 
-    async def _release(self, p: int, generation: int, undelivered: Sequence[Entry]) -> None:
+    async def _release(self, p: int, generation: str, undelivered: Sequence[Entry]) -> None:
+        await self._client.bounded(asyncio.shield(self._release_soon(p, generation, undelivered)))
+
+    def _release_soon(
+        self, p: int, generation: str, undelivered: Sequence[Entry]
+    ) -> asyncio.Future[Any]:
+        """Queue the release of *p* (persistent: sent whenever the server is back, so the next
+        owner need not wait for the lease to run out)."""
         topic = self._topic
-        _, meta, gk, pending, redo = topic.part_keys(p, self._group)
-        counts: list[int] = []
-        for e in undelivered:
-            if e.partition == p and e.generation == generation:
-                counts += (e.offset, e.delivery_count - 1)
-        await self._client.run(
+        return self._client.run_later(
             ORDERED_RELEASE,
-            (gk, pending, redo, meta),
-            (self._group, self._token, generation, topic.rebalance_channel(self._group), *counts),
+            topic.release_keys(p, self._group),
+            (
+                self._group,
+                self._token,
+                generation,
+                topic.rebalance_channel(self._group),
+                *_counts(undelivered, p, generation),
+            ),
+            persistent=True,
         )
 
     async def aclose(self, undelivered: Sequence[Entry]) -> None:
         if self._closed:
             return
         self._closed = True
-        await self._balancing.acquire()  # let a round in progress record what it claimed
+        self._forget_reconnect()
+        await self._client.bounded(self._balancing.acquire())  # let a round record its claims
         self._scope.cancel()
         self._members.pop(self._id, None)
-        owned, self._owned = self._owned, {}
-        self._flush_all_acks()
+        owned = sorted(self._owned.items())
+        await self._settle(*self._acks.keys() | self._settling.keys())
+        self._owned.clear()
+        self._proven.clear()
+        self.valid_until = math.inf
+        topic = self._topic
         try:
-            for p, generation in sorted(owned.items()):
-                await self._release(p, generation, undelivered)
-            topic = self._topic
-            await self._client.run(
-                ORDERED_HEARTBEAT,
-                (topic.members_key(self._group),),
-                (self._token, self._lease_ms, 1, topic.rebalance_channel(self._group)),
+            releases = [*((p, str(g)) for p, g in owned), *((p, "") for p in self._unsure)]
+            calls = [self._release_soon(p, generation, undelivered) for p, generation in releases]
+            calls.append(
+                self._client.run_later(
+                    ORDERED_HEARTBEAT,
+                    (topic.members_key(self._group),),
+                    (self._token, self._lease_ms, 1, topic.rebalance_channel(self._group)),
+                    persistent=True,
+                )
             )
-        except Exception as exc:  # the leases run out on their own
+            await self._client.bounded(asyncio.gather(*calls, return_exceptions=True))
+        except LitechanError as exc:  # the broker's connection is closed: the leases run out
             logger.warning(
                 "litechan.ordered.leave_failed",
                 topic=self._topic.spec.name,
@@ -561,7 +727,18 @@ class RedisGroupMember:
                 consumer=self._name,
                 error=str(exc),
             )
-        await self._notes.forget(self._topic.rebalance_channel(self._group), self._on_rebalance)
+        with anyio.move_on_after(1.0):
+            await self._notes.forget(self._topic.rebalance_channel(self._group), self._on_rebalance)
+
+
+def _counts(undelivered: Sequence[Entry], p: int, generation: str) -> list[int]:
+    """(offset, deliveries) pairs of *undelivered* entries of *p* fetched under *generation*:
+    they never reached the application, so their delivery is not counted."""
+    counts: list[int] = []
+    for e in undelivered:
+        if e.partition == p and str(e.generation) == generation:
+            counts += (e.offset, e.delivery_count - 1)
+    return counts
 
 
 def _dead_body(entry: Entry, reason: str) -> bytes:

@@ -14,6 +14,15 @@ stream with a ``LITECHAN_FOREIGN_ID`` error instead of corrupting offsets.
 Owner tokens are ``CHANNEL|MEMBER|GENERATION|NAME``: the channel to notify, the member and its
 ownership generation (fencing, G4), and the consumer's name for stats. Notes published to a
 channel are ``|``-separated and end with the raw entry body.
+
+Any script's reply can be lost in a cut, after it ran; the client then runs it again. Each one is
+therefore idempotent (subscribe, acks, leases, release, recover), at-least-once by contract
+(publish, send: a send with a dedupe id finds its own first copy), or recovered by its caller
+(fetch: ``ORDERED_RECOVER`` hands out again what a lost fetch took).
+
+Flags (Redis 7, see ``Script``): publish and send are refused by a full server before they
+write; everything that only keeps litechan's own bookkeeping is ``allow-oom``, so consumers
+drain a full server; the lite fetch is ``no-writes``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ __all__ = [
     "ORDERED_HEARTBEAT",
     "ORDERED_NACK",
     "ORDERED_REJECT",
+    "ORDERED_RECOVER",
     "ORDERED_RELEASE",
     "ORDERED_RENEW",
     "ORDERED_SEND",
@@ -78,13 +88,15 @@ local function notify(meta, kind, rest)
 end
 """
 
-# Declares a spec: KEYS[1] spec key, ARGV[1] encoded spec. Returns the stored spec.
+# Declares a spec (or the world marker): KEYS[1] the key, ARGV[1] the value to store if none is.
+# Returns the stored value. Allowed when the server is full: it writes at most once per key.
 SPEC: Final = Script(
     "spec",
     """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 """,
+    flags="allow-oom",
 )
 
 # -- lite topics ---------------------------------------------------------------------------------
@@ -109,6 +121,7 @@ redis.call('PEXPIRE', meta, ARGV[2])
 notify(meta, 'D', ARGV[5] .. '|' .. e .. '|' .. n .. '|' .. ARGV[1])
 return {n, e}
 """,
+    flags="",
 )
 
 # KEYS: stream, meta. ARGV: group, token, start ('committed'|'earliest'|'latest'|offset),
@@ -160,6 +173,7 @@ else
 end
 return {e, nxt, n, redis.call('PTTL', meta)}
 """,
+    flags="allow-oom",
 )
 
 # KEYS: meta. ARGV: group, token. Gives up ownership if still held.
@@ -171,6 +185,7 @@ if redis.call('HGET', KEYS[1], 'o:' .. ARGV[1]) == ARGV[2] then
 end
 return 1
 """,
+    flags="allow-oom",
 )
 
 # KEYS: meta. ARGV: group, token, ttl_ms, known epoch ('' if none yet). Checks a subscription
@@ -188,6 +203,7 @@ if not e and ARGV[4] == '' and (not o or o == token) then
 end
 return {o == token and 1 or 0, e or '', redis.call('PTTL', meta), tonumber(n) or 0}
 """,
+    flags="allow-oom",
 )
 
 # KEYS: stream, meta. ARGV: group, token, from, max. Returns {'R', epoch} when the token no
@@ -208,6 +224,7 @@ if from <= n then
 end
 return {e, n, first, a or '', entries}
 """,
+    flags="no-writes",
 )
 
 # KEYS: stream, meta. ARGV: group, token, epoch, offset... Settles offsets for the group
@@ -254,6 +271,7 @@ elseif a then
 end
 return 1
 """,
+    flags="allow-oom",
 )
 
 # -- ordered topics ------------------------------------------------------------------------------
@@ -278,6 +296,7 @@ if window > 0 then redis.call('SET', dd, n, 'PX', window) end
 notify(meta, 'W', ARGV[4] .. '|' .. n)
 return {n, 0}
 """,
+    flags="",
 )
 
 # KEYS: members zset, rebalance channel name (not a key: passed as ARGV). ARGV: token,
@@ -303,6 +322,7 @@ if #live ~= before or ARGV[3] == '1' then
 end
 return live
 """,
+    flags="allow-oom",
 )
 
 # KEYS: stream, meta, group hash, pending hash, redo list. ARGV: group, token, lease_ms.
@@ -338,6 +358,7 @@ if #offsets > 0 then
 end
 return {1, gen}
 """,
+    flags="allow-oom",
 )
 
 # KEYS: group hash. ARGV: token, generation, lease_ms. Returns 1 when still the owner.
@@ -351,6 +372,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[3]))
 return 1
 """,
+    flags="allow-oom",
 )
 
 # KEYS: stream, meta, group hash, pending hash, redo list. ARGV: token, generation, max.
@@ -405,6 +427,7 @@ if count < max and cur <= n then
 end
 return out
 """,
+    flags="allow-oom",
 )
 
 # KEYS: group hash, pending hash. ARGV: token, generation, offset... Settles offsets.
@@ -416,6 +439,7 @@ if own ~= ARGV[1] or gen ~= ARGV[2] then return 0 end
 for i = 3, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
 return 1
 """,
+    flags="allow-oom",
 )
 
 # KEYS: group hash, pending hash. ARGV: token, generation, offset, deliveries.
@@ -429,6 +453,7 @@ if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
 end
 return 1
 """,
+    flags="allow-oom",
 )
 
 # KEYS: group hash, pending hash, dead-letter stream. ARGV: token, generation, offset,
@@ -442,16 +467,18 @@ if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return 0 end
 redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], '*', 'b', ARGV[4])
 return 1
 """,
+    flags="allow-oom",
 )
 
-# KEYS: group hash, pending hash, redo list, meta. ARGV: group, token, generation, channel,
-# then (offset, deliveries) pairs of entries fetched but never handed to the application.
+# KEYS: group hash, pending hash, redo list, meta. ARGV: group, token, generation ('' for
+# whatever generation the token holds: a claim whose reply never came), channel, then (offset,
+# deliveries) pairs of entries fetched but never handed to the application.
 ORDERED_RELEASE: Final = Script(
     "ordered_release",
     """
 local gk, pending, redo, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local own, gen = unpack(redis.call('HMGET', gk, 'own', 'gen'))
-if own ~= ARGV[2] or gen ~= ARGV[3] then return 0 end
+if own ~= ARGV[2] or (ARGV[3] ~= '' and gen ~= ARGV[3]) then return 0 end
 for i = 5, #ARGV, 2 do
   if redis.call('HEXISTS', pending, ARGV[i]) == 1 then
     redis.call('HSET', pending, ARGV[i], ARGV[i + 1])
@@ -465,6 +492,32 @@ end
 redis.call('PUBLISH', ARGV[4], 'B')
 return 1
 """,
+    flags="allow-oom",
+)
+
+# KEYS: group hash, pending hash, redo list. ARGV: token, generation, then the offsets the
+# member holds (handed out, not settled). Makes the redo list every other pending offset, in
+# offset order: what a fetch whose reply was lost took goes out again (G3). Idempotent.
+# Returns the length of the redo list, or -1 when fenced.
+ORDERED_RECOVER: Final = Script(
+    "ordered_recover",
+    """
+local own, gen = unpack(redis.call('HMGET', KEYS[1], 'own', 'gen'))
+if own ~= ARGV[1] or gen ~= ARGV[2] then return -1 end
+local held = {}
+for i = 3, #ARGV do held[ARGV[i]] = true end
+local redo = {}
+for _, off in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if not held[off] then redo[#redo + 1] = tonumber(off) end
+end
+table.sort(redo)
+redis.call('DEL', KEYS[3])
+for i = 1, #redo, 1000 do
+  redis.call('RPUSH', KEYS[3], unpack(redo, i, math.min(i + 999, #redo)))
+end
+return #redo
+""",
+    flags="allow-oom",
 )
 
 SCRIPTS: Final = (
@@ -484,4 +537,5 @@ SCRIPTS: Final = (
     ORDERED_NACK,
     ORDERED_REJECT,
     ORDERED_RELEASE,
+    ORDERED_RECOVER,
 )

@@ -1,0 +1,120 @@
+"""Owners paused (SIGSTOP) past their lease, or during a takeover, hand out nothing they lost.
+
+A worker or gateway that the OS stops (a long GC pause, a VM migration, a debugger; here SIGSTOP)
+wakes up with messages in its buffers that another process owns by now. The rule each owner keeps:
+it fences itself, and never hands out a message whose ownership it cannot prove. A worker proves
+it with its partition lease (the last renewal it sent that succeeded, on its own monotonic clock);
+a gateway, which has no lease, by having read its notes channel since it last stalled.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from redis_procs.children import Event, spawn
+from redis_support import litechan_url
+from test_redis_faults import take
+
+import litechan
+
+pytestmark = pytest.mark.anyio
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+LEASE = 2.0
+
+
+def first_after(events: list[Event], since: float, *names: str) -> Event | None:
+    """The first event named one of *names* stamped after *since*."""
+    return next((e for e in events if e["t"] > since and e["ev"] in names), None)
+
+
+@asyncio_only
+async def test_paused_worker_hands_out_nothing_of_a_partition_it_lost(redis_url: str) -> None:
+    """A worker paused past its lease never hands a key's next message out while the new owner
+    holds the previous one; the key then goes on in order (G1 G4)."""
+    url = litechan_url(redis_url, lease=LEASE, acks="sync")
+    cfg = {
+        "url": url,
+        "topic": "audio",
+        "partitions": 1,
+        "group": "asr",
+        "name": "paused",
+        "ack_first": None,
+        "hold": 1.0,  # z1 is being processed when the pause comes
+    }
+    with anyio.fail_after(90):
+        async with litechan.connect(url) as broker:
+            audio = broker.ordered_topic("audio", partitions=1)
+            for i in (1, 2, 3):  # sent first: the worker's first fetch buffers z2 and z3
+                await audio.send("z", b"z%d" % i)
+            async with spawn("ordered_worker", cfg, name="paused") as worker:
+                await worker.wait_for("got", lambda e: e["payload"] == "z1", limit=30)
+                worker.pause()
+                async with audio.consumer(group="asr", name="taker") as taker:
+                    messages = aiter(taker)
+                    (z1,) = await take(messages, 1, "z1 on the new owner", limit=30)
+                    assert (z1.payload, z1.delivery_count) == (b"z1", 2)
+                    resumed_at = worker.resume()
+                    # The paused worker acks its z1 (fenced) and asks for the next message. It
+                    # must give the partition up, not hand out z2 while z1 is with the taker.
+                    await worker.wait_for(
+                        "partitions",
+                        lambda e: e["t"] > resumed_at and e["partitions"] == [],
+                        limit=LEASE + 10,
+                    )
+                    early = first_after(worker.events, resumed_at, "got")
+                    assert early is None, f"the paused worker handed out {early} after resuming"
+                    assert (await audio.stats()).partitions[0].groups["asr"].owner == "taker"
+                    await z1.ack()
+                # The taker left: the worker gets the partition back and z2, z3 in order.
+                await worker.wait_for("acked", lambda e: e["payload"] == "z3", limit=LEASE + 20)
+            after = [e["payload"] for e in worker.of("got") if e["t"] > resumed_at]
+            print(worker.events)
+            assert after == ["z2", "z3"], after
+            stats = await audio.stats()
+            assert (stats.partitions[0].groups["asr"].committed, stats.lag("asr")) == (3, 0)
+
+
+@asyncio_only
+async def test_paused_gateway_hands_out_nothing_after_a_takeover(redis_url: str) -> None:
+    """A gateway paused while another takes its session over hands nothing more out once it
+    runs again: its channel ends REVOKED and its late ack moves nothing (G4 G7)."""
+    url = litechan_url(redis_url)  # acks=async: the late ack costs no round trip
+    cfg = {
+        "url": url,
+        "parent": "replies",
+        "ttl": 600.0,
+        "max_len": 10_000,
+        "group": "gateways",
+        "name": "paused",
+        "topic": "sess-p",
+        "ack_upto": 100,
+        "hold": 1.0,  # reply 1 is being written to the client when the pause comes
+    }
+    with anyio.fail_after(60):
+        async with litechan.connect(url) as broker:
+            replies = broker.lite_topics("replies", ttl=600.0, max_len=10_000)
+            for i in (1, 2, 3):  # published first: the gateway's first read buffers 2 and 3
+                await replies.publish("sess-p", b"r%d" % i)
+            async with spawn("lite_subscriber", cfg, name="paused") as gateway:
+                await gateway.wait_for("got", lambda e: e["offset"] == 1, limit=30)
+                gateway.pause()
+                async with replies.subscriber(group="gateways", name="taker") as taker:
+                    channel = await taker.subscribe("sess-p")
+                    messages = aiter(channel)
+                    taken = await take(messages, 3, "the session on the new gateway")
+                    assert [m.offset for m in taken] == [1, 2, 3]
+                    await replies.publish("sess-p", b"r4")
+                    taken += await take(messages, 1, "a reply after the takeover")
+                    await anyio.sleep(1.0)  # the pause itself: longer than a scheduling hiccup
+                    resumed_at = gateway.resume()
+                    ended = await gateway.wait_for("ended", limit=20)
+                    assert ended["reason"] == str(litechan.EndReason.REVOKED)
+                    early = first_after(gateway.events, resumed_at, "got")
+                    assert early is None, f"the paused gateway handed out {early} after resuming"
+                    (lag,) = (await replies.stats(top=1)).top
+                    assert (lag.owner, lag.backlog) == ("taker", 4), lag  # its ack moved nothing
+                    for msg in taken:
+                        await msg.ack()
+                    assert (await replies.stats(top=1)).backlog == 0
+                    assert channel.end_reason is None
