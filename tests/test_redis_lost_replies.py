@@ -79,6 +79,7 @@ class Workload:
         self.requests: dict[str, list[str]] = defaultdict(list)
         self.replies: dict[str, list[str]] = defaultdict(list)
         self.all_requests = anyio.Event()
+        self.halfway = anyio.Event()
 
     async def run(self) -> None:
         async with litechan.connect(self.url) as broker:
@@ -99,6 +100,7 @@ class Workload:
                 half = self.PER // 2
                 for session, channel in channels.items():
                     await self._read(channel, session, half - 1)
+                self.halfway.set()
                 await gateway.unsubscribe("s2")
                 channels["s2"] = await gateway.subscribe("s2")
                 for session, channel in channels.items():
@@ -268,6 +270,24 @@ async def test_async_ack_refused_is_logged_and_delivered_again(
     assert any(
         log["event"] == "litechan.redis.command_failed" and "NOPERM" in log["error"] for log in logs
     ), logs
+
+
+@asyncio_only
+async def test_replies_delayed_past_socket_timeout(proxy: FaultProxy, proxied_url: str) -> None:
+    """Replies held longer than socket_timeout half-way through the work (the client gives up on
+    them, connects again, and they come too late) lose nothing either, and break no order."""
+    workload = Workload(proxied_url)  # socket_timeout=1
+
+    async def slow_link_for_a_while() -> None:
+        await workload.halfway.wait()
+        proxy.delay(1.5)
+        await anyio.sleep(2.5)  # how long the link stays slow: the fault itself
+        proxy.delay(0)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_link_for_a_while)
+            await workload.run()
 
 
 # ---------------------------------------------------------------------------------------------
