@@ -228,6 +228,10 @@ async def test_sync_ack_raises_what_the_server_answered_it(
                 (q2,) = await take(requests, 1, "the next request")
                 assert (q2.payload, q2.delivery_count) == (b"q2", 1)
                 await q2.ack()
+                await audio.send("k", b"q3")  # a fetch runs: nothing of q1 may come back
+                (q3,) = await take(requests, 1, "the request after")
+                assert (q3.payload, q3.delivery_count) == (b"q3", 1)
+                await q3.ack()
             assert (await audio.stats()).lag("asr") == 0
             async with replies.subscriber(group="gateways", name="gw-1") as gateway:
                 (r1,) = await take(aiter(await gateway.subscribe("s1")), 1, "the reply")
@@ -240,6 +244,35 @@ async def test_sync_ack_raises_what_the_server_answered_it(
                 assert again.offset == 1
                 await again.ack()
             assert (await replies.stats()).backlog == 0
+
+
+@asyncio_only
+async def test_sync_ack_during_a_long_outage_raises_at_once(
+    proxy: FaultProxy, proxied_url: str
+) -> None:
+    """With acks=sync, an ack made once an outage has outlasted retry raises BrokerUnavailable
+    at once (it never waits forever), and acking again once the server is back works."""
+    url = litechan_url(proxied_url, acks="sync", retry=0.3)
+    with anyio.fail_after(30):
+        async with litechan.connect(url) as broker:
+            audio = broker.ordered_topic("audio", partitions=1)
+            await audio.send("k", b"q1")
+            async with audio.consumer(group="asr", name="w-1") as worker:
+                (q1,) = await take(aiter(worker), 1, "the request")
+                proxy.refuse()
+                with pytest.raises(litechan.BrokerUnavailable):
+                    await audio.send("k", b"refused")  # the outage is noticed, and outlasts retry
+                with anyio.fail_after(2), pytest.raises(litechan.BrokerUnavailable):
+                    await q1.ack()
+                proxy.restore()
+                with anyio.fail_after(10):
+                    while True:
+                        try:
+                            await q1.ack()
+                            break
+                        except litechan.BrokerUnavailable:
+                            await anyio.sleep(0.05)  # an application's pace of retrying
+            assert (await audio.stats()).lag("asr") == 0
 
 
 @asyncio_only
@@ -288,6 +321,36 @@ async def test_replies_delayed_past_socket_timeout(proxy: FaultProxy, proxied_ur
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow_link_for_a_while)
             await workload.run()
+
+
+@asyncio_only
+async def test_dead_letter_refused_inside_a_fetch_raises_nothing(
+    proxy: FaultProxy, proxied_url: str
+) -> None:
+    """A message fetched once too often is dead-lettered by the fetch itself; when the server
+    refuses that, the application is told nothing, other messages go on, and the message is
+    dead-lettered at a later fetch (nothing stranded)."""
+    with anyio.fail_after(30):
+        async with litechan.connect(proxied_url) as broker:
+            audio = broker.ordered_topic("audio", partitions=1)
+            await audio.send("k", b"once too often")
+            async with audio.consumer(group="asr", name="w-1", max_deliveries=1) as worker:
+                await take(aiter(worker), 1, "the first delivery")  # left without an ack
+            refused = proxy.answer(script("ordered_reject"), b"-NOPERM injected\r\n")
+            async with audio.consumer(group="asr", name="w-2", max_deliveries=1) as worker:
+                requests = aiter(worker)
+                await audio.send("j", b"other")
+                (other,) = await take(requests, 1, "the other request")
+                assert other.payload == b"other"
+                assert refused.fired == 1
+                await other.ack()
+                await audio.send("j", b"later")  # the next fetch dead-letters it again
+                (later,) = await take(requests, 1, "a later request")
+                assert later.payload == b"later"
+                await later.ack()
+            (letter,) = await audio.dead_letters("asr")
+            assert letter.payload == b"once too often"
+            assert (await audio.stats()).lag("asr") == 0
 
 
 # ---------------------------------------------------------------------------------------------

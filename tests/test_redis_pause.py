@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import anyio
 import pytest
+import redis.asyncio
 from redis_procs.children import Event, spawn
-from redis_support import litechan_url
+from redis_support import litechan_url, namespace_of, plain_redis_url
 from test_redis_faults import take
 
 import litechan
@@ -118,3 +119,49 @@ async def test_paused_gateway_hands_out_nothing_after_a_takeover(redis_url: str)
                         await msg.ack()
                     assert (await replies.stats(top=1)).backlog == 0
                     assert channel.end_reason is None
+
+
+def _key_in(partition: int, partitions: int) -> str:
+    return next(
+        f"k{i}" for i in range(1000) if litechan.partition_for(f"k{i}", partitions) == partition
+    )
+
+
+@asyncio_only
+async def test_partition_taken_while_another_is_renewed_is_dropped_at_once(
+    redis_url: str,
+) -> None:
+    """When one partition is taken from a consumer in the same round in which its other one is
+    renewed, the consumer still drops what it holds of the lost one before handing anything else
+    out (G1, G4)."""
+    url = litechan_url(redis_url, lease=LEASE)
+    lost, kept = _key_in(0, 2), _key_in(1, 2)
+    with anyio.fail_after(30):
+        async with litechan.connect(url) as broker:
+            audio = broker.ordered_topic("audio", partitions=2)
+            await audio.send(lost, b"first")
+            await audio.send(lost, b"second")  # buffered behind "first": same key
+            async with audio.consumer(group="asr", name="w-1") as worker:
+                requests = aiter(worker)
+                (first,) = await take(requests, 1, "the first request")
+                assert first.payload == b"first"
+                # Another consumer takes partition 0 over, as one whose claim found the lease
+                # run out would: the group's state names it the owner, a generation later.
+                group_key = f"{{{namespace_of(url)}:o:audio:0}}:g:asr"
+                admin = redis.asyncio.Redis.from_url(plain_redis_url(url))
+                try:
+                    generation = int(await admin.hget(group_key, "gen") or 0)
+                    await admin.hset(
+                        group_key, mapping={"own": "n|other|0|other", "gen": generation + 1}
+                    )
+                finally:
+                    await admin.aclose()
+                for _ in range(200):  # its next renewal round finds out (within lease / 3)
+                    if 0 not in worker.partitions:
+                        break
+                    await anyio.sleep(0.05)  # polled: there is no event for the change
+                assert worker.partitions == {1}
+                await first.ack()  # fenced on the server
+                await audio.send(kept, b"kept")
+                (after,) = await take(requests, 1, "the next request")
+                assert after.payload == b"kept", f"handed out {after.payload!r} of a lost partition"

@@ -357,3 +357,35 @@ async def test_hung_server_is_an_outage(own_redis_server: RedisServer) -> None:
                     await msg.ack()
             leaving = time.monotonic()
         _closes_within(leaving, 3.0)
+
+
+@asyncio_only
+async def test_busy_longer_than_retry_raises_then_serves_again(
+    own_redis_server: RedisServer,
+) -> None:
+    """A server BUSY for longer than retry on a link that stays up: calls raise meanwhile, and
+    once the script ends the broker serves again on its own (it keeps asking the server)."""
+    server = own_redis_server
+    with redis.Redis(port=server.port) as admin:
+        admin.config_set("busy-reply-threshold", 100)
+    url = litechan_url(server.url, retry=0.3)
+    spin = (
+        "local t = tonumber(redis.call('TIME')[1]) + 2 "
+        "while tonumber(redis.call('TIME')[1]) < t do end"
+    )
+    with anyio.fail_after(60):
+        async with litechan.connect(url) as broker:
+            replies = broker.lite_topics("replies")
+            assert await replies.publish("sess-1", b"r1") == 1
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, lambda: _eval(server, spin))
+                await anyio.to_thread.run_sync(_until_busy, server)
+                with pytest.raises(litechan.BrokerUnavailable, match="BUSY"):
+                    await replies.publish("sess-1", b"refused")
+            # The script is over. Calls made since failed at once (the outage is older than
+            # retry) and queued nothing: the broker must find out by itself, within about one
+            # reconnection pause (0.5 s at most), that the server serves again.
+            script_over = time.monotonic()
+            offset, _ = await publish_when_served(replies, b"r2", limit=10)
+            assert offset == 2
+            assert time.monotonic() - script_over < 2.0

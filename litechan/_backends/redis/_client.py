@@ -290,9 +290,10 @@ class Client:
         self._scripts[script.name] = script
 
     def on_reconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call *callback* each time a new connection replaced a lost one, before anything is
-        sent again on it (replies of the lost connection may be missing). Returns a function
-        that removes it."""
+        """Call *callback* each time the server serves again after an outage (a new connection
+        replaced a lost one, before anything is sent again on it; or a transient refusal
+        ended): replies may be missing, calls may have failed. Returns a function that removes
+        it."""
         self._reconnect_callbacks.append(callback)
         return lambda: self._reconnect_callbacks.remove(callback)
 
@@ -392,26 +393,37 @@ class Client:
 
         *on_done* is told how it ended (its reply, or the error), as soon as the reply is read;
         without one a failure is logged. A *persistent* call has no deadline: it waits for the
-        server for as long as the broker is open, and is never refused for an outage.
+        server for as long as the broker is open, and is never refused for an outage. Never
+        raises: a call refused at once (the broker is closed, or an outage is older than
+        retry) ends at once, through *on_done*.
         """
         packed = self._pack_script(script, keys, args)
-        self._enqueue(
-            packed,
-            (script, (len(keys), *keys, *args)),
-            persistent=persistent,
-            want_future=False,
-            on_done=on_done,
-        )
+        try:
+            self._enqueue(
+                packed,
+                (script, (len(keys), *keys, *args)),
+                persistent=persistent,
+                want_future=False,
+                on_done=on_done,
+            )
+        except LitechanError as exc:  # closed, or an outage older than retry: it ends now
+            _Call(packed, None, 0.0, (script, ()), on_done).end(exc)
 
     def run_later(
         self, script: Script, keys: Sequence[Arg], args: Sequence[Arg], *, persistent: bool = False
     ) -> asyncio.Future[Any]:
         """Queue *script* now and return the future of its reply, to await later (or not: a
-        failure nobody retrieved is logged)."""
+        failure nobody retrieved is logged). Never raises: a call refused at once (the broker
+        is closed, or an outage is older than retry) comes back as a failed future."""
         packed = self._pack_script(script, keys, args)
-        future: asyncio.Future[Any] = self._future(packed, (script, (len(keys), *keys, *args)))
-        if persistent:
-            self._queue[-1].deadline = math.inf
+        try:
+            future = self._enqueue(
+                packed, (script, (len(keys), *keys, *args)), persistent=persistent
+            )
+        except LitechanError as exc:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(exc)
+        assert future is not None
         future.add_done_callback(lambda done: _retrieve(done, script.name))
         return future
 
@@ -482,7 +494,10 @@ class Client:
             return  # released already (a reader's finally block and aclose may both try)
         self._held.discard(conn)
         try:
-            await conn.disconnect()
+            with anyio.move_on_after(1.0):
+                await conn.disconnect()
+        except Exception as exc:  # a connection that will not close is abandoned, not fatal
+            logger.debug("litechan.redis.close_failed", server=self.server, error=str(exc))
         finally:
             await self._pool.release(conn)
 
@@ -503,6 +518,11 @@ class Client:
         while not self._closed:
             self._run_hooks()
             if self._conn is not None and not self._queue:
+                if self._down_since is not None:
+                    # Not serving, nothing queued (calls fail fast meanwhile): keep asking, or
+                    # nothing would ever find out that it serves again.
+                    self._queue.append(_Call(pack(("PING",)), None, math.inf, None, _ignore))
+                    continue
                 self._has_work.clear()
                 await self._has_work.wait()
                 continue
@@ -556,14 +576,14 @@ class Client:
         self._last_error = error
 
     def _back_up(self) -> None:
-        """The server serves again; if the link was replaced, let members recover what the
-        lost one's missing replies hid."""
+        """The server serves again after an outage: let members recover what calls that failed
+        or lost their replies meanwhile left undone, and go on."""
+        if self._down_since is None and not self._replaced:
+            return
         if self._down_since is not None:
             down = time.monotonic() - self._down_since
             self._down_since = None
             logger.info("litechan.redis.back", server=self.server, after=round(down, 3))
-        if not self._replaced:
-            return
         self._replaced = False
         for callback in list(self._reconnect_callbacks):
             try:
@@ -667,6 +687,10 @@ class Client:
 async def gather_replies(futures: Sequence[asyncio.Future[Any]]) -> list[Any]:
     """The replies of *futures*, in order; a failed call's error as an exception object."""
     return list(await asyncio.gather(*futures, return_exceptions=True))
+
+
+def _ignore(outcome: Any) -> None:
+    """The end of a call whose outcome nobody needs (a probe)."""
 
 
 def _retrieve(future: asyncio.Future[Any], name: str) -> None:

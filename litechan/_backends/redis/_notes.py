@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,7 @@ class Notes:
         self._on_note = on_note
         self._on_connect = on_connect
         self._handlers: dict[bytes, list[Callable[[bytes], None]]] = {}
+        self._subscribed: set[bytes] = set()  # the channels the link was opened with
         self._wire: Wire | None = None
         self._closed = False
         #: One entry per PING written on the link, in order: the sync waiting on its PONG.
@@ -135,6 +137,7 @@ class Notes:
         try:
             wire = Wire(conn)
             channels = [self._channel, *(c.decode() for c in self._handlers)]
+            self._subscribed = {c.encode() for c in channels}
             await wire.write(pack(("SUBSCRIBE", *channels)))
             with anyio.fail_after(self._client.options.socket_timeout):
                 replies = [await wire.read() for _ in channels]
@@ -154,6 +157,9 @@ class Notes:
                 if wire is None:
                     wire = await self._open()
                     self._wire = wire
+                    late = [c.decode() for c in self._handlers if c not in self._subscribed]
+                    if late:  # listen() was called while the link was being built
+                        await wire.write(pack(("SUBSCRIBE", *late)))
                     await self._on_connect(False)  # reconcile what was missed
                     self.live = True
                     self._release_waiters()
@@ -247,6 +253,7 @@ class Fence:
         self._task_group = task_group
         self._round: anyio.Event | None = None
         self._stalled = False
+        self._stalled_at = -math.inf  # when the last stall was seen
         self._loop = asyncio.get_running_loop()
         self._last = time.monotonic()
         self.until = self._last + STALL
@@ -273,17 +280,21 @@ class Fence:
         started = time.monotonic()
         try:
             await self._notes.sync()
-            self._stalled = False
-            self.until = started + STALL
+            if started >= self._stalled_at:  # its PING went out after the stall was seen
+                self._stalled = False
+                self.until = started + STALL
         finally:
             self._round = None
             event.set()
+        if self._stalled:  # a stall came while this round was out: it proves nothing of it
+            self._start_round()
 
     def _tick(self) -> None:
         now = time.monotonic()
         if now - self._last > STALL:
             logger.info("litechan.redis.stalled", seconds=round(now - self._last, 3))
             self._stalled = True
+            self._stalled_at = now
             if self._round is None:
                 self._start_round()
         elif not self._stalled and self._notes.live:

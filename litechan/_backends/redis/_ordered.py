@@ -242,6 +242,7 @@ class RedisGroupMember:
         self._rebalance = anyio.Event()
         self._scope = anyio.CancelScope()
         self._balancing = anyio.Lock()
+        self._fetching = asyncio.Lock()
         self._forget_reconnect = self._client.on_reconnect(self._on_link_reset)
         self.valid_until = math.inf
         members[member_id] = self
@@ -285,7 +286,12 @@ class RedisGroupMember:
     def _prove(self, partition: int, sent_at: float) -> None:
         """The server renewed (or granted) *partition*'s lease at or after *sent_at*."""
         self._proven[partition] = sent_at + self._lease * (1 - LEASE_MARGIN)
-        self.valid_until = min(self._proven.values())
+        self._update_validity()
+
+    def _update_validity(self) -> None:
+        """``valid_until``: at once while a lost partition waits for the core to drop it, else
+        when the first lease runs out of proof."""
+        self.valid_until = -math.inf if self._lost else min(self._proven.values(), default=math.inf)
 
     def lapse(self, now: float) -> list[int]:
         lost, self._lost = self._lost, []
@@ -301,7 +307,8 @@ class RedisGroupMember:
                 "cut off): the partition is given up before another consumer claims it",
             )
             self._forget(p)
-        self.valid_until = min(self._proven.values(), default=math.inf)
+            self._unsure.add(p)  # its lease may still be ours on the server: freed at close
+        self._update_validity()
         return lost + lapsed
 
     def _forget(self, partition: int) -> None:
@@ -312,7 +319,7 @@ class RedisGroupMember:
         self._held.pop(partition, None)
         self._recover.discard(partition)
         self._dirty.discard(partition)
-        self.valid_until = min(self._proven.values(), default=math.inf)
+        self._update_validity()
 
     async def _balance_loop(self) -> None:
         with self._scope:
@@ -413,20 +420,32 @@ class RedisGroupMember:
         drops what it holds of it before it hands out anything else (through :meth:`lapse`)."""
         self._forget(partition)
         self._lost.append(partition)
-        self.valid_until = -math.inf
+        self._update_validity()
 
     # -- fetching --------------------------------------------------------------------------------
 
     async def fetch(self, max_entries: int) -> OrderedBatch:
-        revoked, self._to_revoke = self._to_revoke, []
-        dirty = [p for p in sorted(self._dirty) if p in self._owned and p not in self._revoking]
-        self._dirty.clear()
-        if not dirty or max_entries <= 0:
-            self._dirty.update(dirty)
-            return OrderedBatch((), revoked)
-        # Rotate the starting partition so that a busy partition cannot starve the others.
-        self._rotation = (self._rotation + 1) % len(dirty)
-        dirty = dirty[self._rotation :] + dirty[: self._rotation]
+        # One fetch at a time (several tasks may iterate one consumer): a recovery computed
+        # from what is held must not overtake a fetch whose entries are not held yet.
+        async with self._fetching:
+            revoked, self._to_revoke = self._to_revoke, []
+            dirty = [p for p in sorted(self._dirty) if p in self._owned and p not in self._revoking]
+            self._dirty.clear()
+            if not dirty or max_entries <= 0:
+                self._dirty.update(dirty)
+                return OrderedBatch((), revoked)
+            # Rotate the starting partition so that a busy partition cannot starve the others.
+            self._rotation = (self._rotation + 1) % len(dirty)
+            dirty = dirty[self._rotation :] + dirty[: self._rotation]
+            try:
+                entries = await self._fetch(dirty, max_entries)
+            except LitechanError as exc:  # an outage older than retry: calls fail at once
+                self._dirty.update(p for p in dirty if p in self._owned)
+                logger.debug("litechan.ordered.fetch_deferred", error=str(exc))
+                return OrderedBatch((), revoked)  # the end of the outage wakes the consumer
+            return OrderedBatch(entries, revoked)
+
+    async def _fetch(self, dirty: list[int], max_entries: int) -> list[Entry]:
         for p in dirty:
             self._flush_acks(p)
         topic = self._topic
@@ -434,7 +453,6 @@ class RedisGroupMember:
         recovering = [(p, g) for p, g in zip(dirty, generations, strict=True) if p in self._recover]
         if recovering:
             # Before the fetch, not with it: a fetch that ran first would be undone.
-            self._recover.difference_update(p for p, _ in recovering)
             recovered = await self._client.run_many(
                 ORDERED_RECOVER,
                 (
@@ -445,10 +463,11 @@ class RedisGroupMember:
                     for p, g in recovering
                 ),
             )
-            for (p, _), outcome in zip(recovering, recovered, strict=True):
-                if isinstance(outcome, BaseException):
-                    self._recover.add(p)  # try again with the next fetch
-                elif int(outcome) > 0:
+            for (p, g), outcome in zip(recovering, recovered, strict=True):
+                if isinstance(outcome, BaseException) or self._owned.get(p) != g:
+                    continue  # still marked: tried again with the next fetch
+                self._recover.discard(p)
+                if int(outcome) > 0:
                     logger.info(
                         "litechan.ordered.recovered",
                         topic=topic.spec.name,
@@ -496,12 +515,33 @@ class RedisGroupMember:
                     continue
                 held.add(offset)
                 if deliveries > self._max_deliveries:
-                    await self.reject(entry, f"delivered {deliveries - 1} times without ack")
+                    await self._dead_letter(entry)
                     continue
                 batch.append(entry)
             if count >= share:
                 self._dirty.add(p)  # more may be waiting
-        return OrderedBatch(batch, revoked)
+        return batch
+
+    async def _dead_letter(self, entry: Entry) -> None:
+        """Dead-letter an entry fetched once too often; if the server refuses, it stays pending
+        and the next fetch of its partition tries again (nothing of the batch is lost)."""
+        try:
+            await self.reject(entry, f"delivered {entry.delivery_count - 1} times without ack")
+        except LitechanError as exc:
+            p = entry.partition
+            held = self._held.get(p)
+            if held is not None and self._owned.get(p) == entry.generation:
+                held.discard(entry.offset)
+                self._recover.add(p)
+                self._dirty.add(p)
+            logger.warning(
+                "litechan.ordered.dead_letter_failed",
+                topic=self._topic.spec.name,
+                group=self._group,
+                partition=entry.partition,
+                offset=entry.offset,
+                error=str(exc),
+            )
 
     def _entry(
         self, p: int, generation: int, offset: int, deliveries: int, fields: Any
@@ -539,9 +579,10 @@ class RedisGroupMember:
         p = entry.partition
         if self._owned.get(p) != entry.generation:
             return
+        sync = self._client.options.acks == "sync"
         held = self._held.get(p)
-        if held is not None:
-            held.discard(entry.offset)
+        if held is not None and not sync:
+            held.discard(entry.offset)  # the application is done with it, whatever comes
         batch = self._acks.get(p)
         if batch is None or batch.generation != entry.generation:
             self._flush_acks(p)
@@ -550,8 +591,10 @@ class RedisGroupMember:
                 self._hooked = True
                 self._client.before_flush(self._flush_all_acks)
         batch.offsets.append(entry.offset)
-        if self._client.options.acks == "sync":
-            await batch.wait()
+        if sync:
+            await batch.wait()  # raises a refusal: the message is still the application's
+            if held is not None and self._held.get(p) is held:
+                held.discard(entry.offset)
 
     def _flush_acks(self, p: int) -> None:
         batch = self._acks.pop(p, None)
@@ -639,27 +682,20 @@ class RedisGroupMember:
             key=entry.key,
             reason=reason,
         )
+        await self._client.run(  # raises a refusal: the message stays where it was
+            ORDERED_REJECT,
+            (*self._topic.part_keys(p, self._group)[2:4], self._topic.dead_key(p, self._group)),
+            (
+                self._token,
+                entry.generation,
+                entry.offset,
+                _dead_body(entry, reason),
+                MAX_DEAD_LETTERS,
+            ),
+        )
         held = self._held.get(p)
         if held is not None:
             held.discard(entry.offset)
-        try:
-            await self._client.run(
-                ORDERED_REJECT,
-                (*self._topic.part_keys(p, self._group)[2:4], self._topic.dead_key(p, self._group)),
-                (
-                    self._token,
-                    entry.generation,
-                    entry.offset,
-                    _dead_body(entry, reason),
-                    MAX_DEAD_LETTERS,
-                ),
-            )
-        except Exception:
-            if self._owned.get(p) == entry.generation:
-                self._recover.add(p)  # still pending: handed out again
-                self._dirty.add(p)
-                self._listener.wake()
-            raise
 
     async def release(self, partition: int, undelivered: Sequence[Entry]) -> None:
         self._revoking.discard(partition)
