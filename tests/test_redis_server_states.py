@@ -232,18 +232,26 @@ async def test_full_server_refuses_new_data_and_keeps_consumers_going(
 # busy with another client's script, read-only, no permission, hung
 
 
+#: A script another program runs, keeping the server busy for one to two seconds.
+SPIN = (
+    "local t = tonumber(redis.call('TIME')[1]) + 2 while tonumber(redis.call('TIME')[1]) < t do end"
+)
+
+
+@pytest.fixture
+def quickly_busy_server(own_redis_server: RedisServer) -> RedisServer:
+    """A private server that answers BUSY after a script ran for 100 ms (not 5 s)."""
+    with redis.Redis(port=own_redis_server.port) as admin:
+        admin.config_set("busy-reply-threshold", 100)
+    return own_redis_server
+
+
 @asyncio_only
-async def test_busy_server_is_waited_out(own_redis_server: RedisServer) -> None:
+async def test_busy_server_is_waited_out(quickly_busy_server: RedisServer) -> None:
     """While another client's script keeps the server BUSY, calls wait (within retry) and then
     go on; nothing is lost or raised."""
-    server = own_redis_server
-    with redis.Redis(port=server.port) as admin:
-        admin.config_set("busy-reply-threshold", 100)  # BUSY after 100 ms of a running script
+    server = quickly_busy_server
     url = litechan_url(server.url, retry=10)
-    spin = (
-        "local t = tonumber(redis.call('TIME')[1]) + 2 "
-        "while tonumber(redis.call('TIME')[1]) < t do end"
-    )
     with anyio.fail_after(60):
         async with litechan.connect(url) as broker:
             replies = broker.lite_topics("replies")
@@ -253,7 +261,7 @@ async def test_busy_server_is_waited_out(own_redis_server: RedisServer) -> None:
                 await take_acking(channel, 1, "before")  # type: ignore[arg-type]
                 async with anyio.create_task_group() as tg:
                     # Another program's slow script holds the server for one to two seconds.
-                    tg.start_soon(anyio.to_thread.run_sync, lambda: _eval(server, spin))
+                    tg.start_soon(anyio.to_thread.run_sync, lambda: _eval(server, SPIN))
                     await anyio.to_thread.run_sync(_until_busy, server)
                     started = time.monotonic()
                     assert await replies.publish("sess-1", b"r2") == 2
@@ -361,24 +369,18 @@ async def test_hung_server_is_an_outage(own_redis_server: RedisServer) -> None:
 
 @asyncio_only
 async def test_busy_longer_than_retry_raises_then_serves_again(
-    own_redis_server: RedisServer,
+    quickly_busy_server: RedisServer,
 ) -> None:
     """A server BUSY for longer than retry on a link that stays up: calls raise meanwhile, and
     once the script ends the broker serves again on its own (it keeps asking the server)."""
-    server = own_redis_server
-    with redis.Redis(port=server.port) as admin:
-        admin.config_set("busy-reply-threshold", 100)
+    server = quickly_busy_server
     url = litechan_url(server.url, retry=0.3)
-    spin = (
-        "local t = tonumber(redis.call('TIME')[1]) + 2 "
-        "while tonumber(redis.call('TIME')[1]) < t do end"
-    )
     with anyio.fail_after(60):
         async with litechan.connect(url) as broker:
             replies = broker.lite_topics("replies")
             assert await replies.publish("sess-1", b"r1") == 1
             async with anyio.create_task_group() as tg:
-                tg.start_soon(anyio.to_thread.run_sync, lambda: _eval(server, spin))
+                tg.start_soon(anyio.to_thread.run_sync, lambda: _eval(server, SPIN))
                 await anyio.to_thread.run_sync(_until_busy, server)
                 with pytest.raises(litechan.BrokerUnavailable, match="BUSY"):
                     await replies.publish("sess-1", b"refused")
