@@ -53,7 +53,7 @@ from _common import RedisServer, redis_server
 from redis.asyncio.connection import Connection
 
 import litechan
-from litechan._backends.redis._client import Client, connection_pool, pack
+from litechan._backends.redis._client import Client, pack
 from litechan._backends.redis._options import parse_url
 
 PAYLOAD: Final = bytes(320)
@@ -129,7 +129,7 @@ async def xadd_pipelined(server: RedisServer, count: int) -> float:
 async def xadd_litechan(server: RedisServer, count: int) -> float:
     """100 tasks, each awaiting one XADD after another, through litechan's auto-batching Client."""
     options = parse_url(urlsplit(server.url("alternatives")))
-    client = Client(options, connection_pool(options))
+    client = Client(options)
 
     async def run(total: int) -> None:
         async def task(i: int) -> None:

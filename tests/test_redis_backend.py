@@ -47,6 +47,47 @@ def test_bad_options_are_rejected_at_connect(query: str, complaint: str) -> None
         litechan.connect(f"redis://127.0.0.1:1/0?{query}")
 
 
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("redis://127.0.0.1:6379/abc", "database"),
+        ("redis://127.0.0.1:6379/-1", "database"),
+        ("redis://127.0.0.1:6379/2?db=3", "database 2 in its path and 3"),
+        ("redis://127.0.0.1:port/0", "port"),
+        ("redis://127.0.0.1:6379/0?ssl_ca_certs=/x", "rediss://"),
+        ("rediss://127.0.0.1:6379/0?ssl_cert_reqs=sometimes", "ssl_cert_reqs"),
+        ("rediss://127.0.0.1:6379/0?ssl_ca_certs=/no/such/file.pem", "TLS"),
+    ],
+)
+def test_bad_connection_settings_are_rejected_at_connect(url: str, complaint: str) -> None:
+    """A database that is not a number, a bad port or bad TLS settings raise InvalidArgument
+    at connect(), before any I/O (before, a bad database path silently meant database 0)."""
+    with pytest.raises(litechan.InvalidArgument, match=complaint):
+        litechan.connect(url)
+
+
+def test_the_password_stays_out_of_parsed_options() -> None:
+    """The parsed URL keeps the password out of its repr and out of error messages."""
+    from urllib.parse import urlsplit
+
+    from litechan._backends.redis._options import parse_url
+
+    options = parse_url(urlsplit("redis://user:s3cret@127.0.0.1:6379/4?namespace=ns"))
+    assert (options.endpoint.db, options.endpoint.password) == (4, "s3cret")
+    assert "s3cret" not in repr(options)
+    with pytest.raises(litechan.InvalidArgument) as info:
+        litechan.connect("redis://user:s3cret@127.0.0.1:port/0")
+    assert "s3cret" not in str(info.value)
+
+
+@asyncio_only
+async def test_pool_size_one_still_opens(redis_server: RedisServer) -> None:
+    """?pool_size=1 (accepted, ignored: a broker opens its own two connections) opens and works;
+    before, the notes connection waited forever for a second pooled connection."""
+    url = litechan_url(redis_server.url, namespace=fresh_namespace("pool"), pool_size=1)
+    await _round_trip(url)
+
+
 def test_urls_need_a_host_or_a_path() -> None:
     """redis:// without a host and unix:// without a path are InvalidArgument."""
     with pytest.raises(litechan.InvalidArgument, match="host"):

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import redis.exceptions
 
 import litechan
 from litechan._backends.redis._replies import error_code, is_refusal, is_transient, reply_error
+from litechan._backends.redis._wire import ReplyError
 
 TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "NOSCRIPT")
 
 
-def reply(text: str) -> redis.exceptions.ResponseError:
-    return redis.exceptions.ResponseError(text)
+def reply(text: str) -> ReplyError:
+    return ReplyError(text)
 
 
 @pytest.mark.parametrize("code", TRANSIENT)

@@ -36,7 +36,7 @@ from ..base import (
     OrderedListener,
     OrderedSpec,
 )
-from ._client import Client, connection_pool, translate
+from ._client import Client, translate
 from ._lite import RedisLiteMember, RedisLiteTopics, encode_lite
 from ._notes import Fence, Notes
 from ._options import RedisOptions, parse_url
@@ -90,7 +90,7 @@ class RedisBackend:
             asyncio.get_running_loop()
         except RuntimeError:
             raise InvalidArgument(_NOT_ASYNCIO) from None
-        client = Client(self._options, connection_pool(self._options))
+        client = Client(self._options)
         for script in SCRIPTS:
             client.register(script)
         self._client = client

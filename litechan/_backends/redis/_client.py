@@ -1,29 +1,29 @@
 """The Redis connection of one broker: auto-batched commands, scripts, errors, outages.
 
 Every command of a broker goes through one :class:`Client`. Callers from any number of tasks
-queue commands and await their replies; one flusher task writes everything queued as a single
-pipeline on one connection and reads the replies back in order. While a batch is on the wire the
-next one accumulates, so a hundred coroutines publishing at once cost a few round trips, not a
-hundred (see docs/design.md for the measurements). Commands are packed here (RESP is a few lines)
-and replies parsed by one ``hiredis.Reader`` per connection (``_wire``): redis-py's own pipeline
-object and ``read_response`` cost several times more per command than the server does.
+queue commands and await their replies (or hand a callback); a writer task writes what is queued
+as one batch, and a reader task reads the replies back in order, so a hundred coroutines
+publishing at once cost a few round trips, not a hundred (see docs/design.md). Up to
+``MAX_IN_FLIGHT`` batches are on the wire at once: while the server works on one and the reader
+takes the replies of another, the next accumulates. Commands are packed here (RESP is a few
+lines) and replies parsed by one ``hiredis.Reader`` per connection, which litechan opens itself
+(``_wire``).
 
 One connection also gives FIFO order across callers: an ack queued before a partition is
 released reaches Redis before the release.
 
 Outages. Every failure of the link is handled the same way, whatever caused it: a cut, a
-timeout, a failed handshake. The connection is dropped, the commands of the batch in flight that
-got no reply go back to the head of the queue, and everything is sent again, in order, once a new
-connection is up. A command whose reply was lost may thus run twice: every script is idempotent
-or its caller recovers (the ``on_reconnect`` callbacks run before anything is sent again). A
-*transient* error reply (``LOADING``, ``BUSY``, ... see ``_replies``) is an outage too, on a
-link that is fine: the refused commands (only they: later ones of the batch may have run) go
-back to the head of the queue and are sent again after the same pause. Calls still queued
-``retry`` seconds after they were made fail with :class:`~litechan.BrokerUnavailable`, and calls
-made once an outage has lasted longer than ``retry`` fail at once. *Persistent* calls (cleanups:
-giving up a subscription or a partition) have no deadline: they go out whenever the server is
-back, until the broker closes. The flusher never dies of a server's reply; redis-py exceptions
-never leave this module.
+timeout, a failed handshake. The connection is dropped, the commands written and not answered go
+back to the head of the queue, and everything is sent again, in order, once a new connection is
+up. A command whose reply was lost may thus run twice: every script is idempotent or its caller
+recovers (the ``on_reconnect`` callbacks run before anything is sent again). A *transient* error
+reply (``LOADING``, ``BUSY``, ... see ``_replies``) is an outage too, on a link that is fine: the
+refused commands (only they: later ones may have run) go back to the head of the queue and are
+sent again after the same pause. Calls still queued ``retry`` seconds after they were made fail
+with :class:`~litechan.BrokerUnavailable`, and calls made once an outage has lasted longer than
+``retry`` fail at once. *Persistent* calls (cleanups: giving up a subscription or a partition)
+have no deadline: they go out whenever the server is back, until the broker closes. The flusher
+never dies of a server's reply; nothing of the socket layer leaves this module.
 """
 
 from __future__ import annotations
@@ -40,15 +40,12 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 import anyio
 import anyio.abc
 import msgspec
-import redis.asyncio
-import redis.exceptions
 import structlog
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-from ..._errors import BrokerUnavailable, InvalidArgument, LitechanError
+from ..._errors import BrokerUnavailable, LitechanError
 from ._options import RedisOptions
 from ._replies import is_refusal, is_transient, reply_error
-from ._wire import Wire
+from ._wire import LinkError, ReplyError, Wire, open_wire, pack
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -57,7 +54,6 @@ __all__ = [
     "Client",
     "OnDone",
     "Script",
-    "connection_pool",
     "entry_body",
     "pack",
     "gather_replies",
@@ -71,42 +67,18 @@ T = TypeVar("T")
 
 #: Most commands written in one go; the rest waits for the next batch.
 MAX_BATCH: Final = 2048
+#: Batches written and not yet answered at once: while the server works on one and the client
+#: reads the replies of another, the next accumulates.
+MAX_IN_FLIGHT: Final = 2
 _BACKOFF_MIN: Final = 0.02
 _BACKOFF_MAX: Final = 0.5
 
-#: redis-py exceptions that mean "the server cannot be reached now".
-CONNECTION_ERRORS: Final = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    OSError,
-    TimeoutError,
-    EOFError,
-)
+#: Exceptions that mean "the server cannot be reached now".
+CONNECTION_ERRORS: Final = (LinkError, OSError, TimeoutError, EOFError)
 
 
-class TransientReply(redis.exceptions.ConnectionError):
-    """A transient error reply (``LOADING``...): the link is treated as cut."""
-
-
-def pack(args: Sequence[Arg]) -> bytes:
-    """Encode one command in RESP (what ``Connection.pack_command`` does, several times faster)."""
-    out = [b"*%d\r\n" % len(args)]
-    append = out.append
-    for arg in args:
-        kind = arg.__class__  # exact types: faster than isinstance, and bool is not sent
-        if kind is bytes:
-            data: bytes = arg  # type: ignore[assignment]
-        elif kind is str:
-            data = arg.encode()  # type: ignore[union-attr]
-        elif kind is int:
-            data = b"%d" % arg  # type: ignore[str-format]
-        else:
-            data = repr(float(arg)).encode()
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(b"\r\n")
-    return b"".join(out)
+class TransientReply(Exception):
+    """The server refused commands for now (``LOADING``...): an outage, on a link that is fine."""
 
 
 def entry_body(fields: Any) -> bytes:
@@ -118,32 +90,14 @@ def entry_body(fields: Any) -> bytes:
 
 
 def translate(exc: BaseException, what: str) -> LitechanError:
-    """The litechan error for a redis-py (or socket) exception raised while doing *what*."""
+    """The litechan error for an exception raised while doing *what*."""
     if isinstance(exc, LitechanError):
         return exc
-    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
-        return BrokerUnavailable(f"{what}: Redis refused the credentials: {exc}")
-    if isinstance(exc, redis.exceptions.ResponseError) and not isinstance(
-        exc, redis.exceptions.BusyLoadingError
-    ):
+    if isinstance(exc, ReplyError):
         return reply_error(exc, what)
     if isinstance(exc, CONNECTION_ERRORS):
         return BrokerUnavailable(f"{what}: Redis is unreachable: {exc}")
     return BrokerUnavailable(f"{what}: {type(exc).__name__}: {exc}")
-
-
-def connection_pool(options: RedisOptions) -> ConnectionPool:
-    """A redis-py connection pool for *options* (TLS, unix sockets, ACL user from the URL)."""
-    try:
-        return ConnectionPool.from_url(
-            options.client_url,
-            max_connections=options.pool_size,
-            socket_connect_timeout=options.connect_timeout,
-            socket_timeout=options.socket_timeout,
-            protocol=2,
-        )
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(f"malformed Redis URL: {exc}") from None
 
 
 class Script:
@@ -258,23 +212,30 @@ class AckBatch:
 class Client:
     """Auto-batched commands over one connection; see the module docstring."""
 
-    def __init__(self, options: RedisOptions, pool: ConnectionPool) -> None:
+    def __init__(self, options: RedisOptions) -> None:
         self._options = options
-        self._pool = pool
+        self._endpoint = options.endpoint
         self._queue: deque[_Call] = deque()
         self._has_work = asyncio.Event()
-        self._conn: Wire | None = None
+        self._wire: Wire | None = None
         self._scripts: dict[str, Script] = {}
         self._flagged = True  # the server takes script flags (Redis 7); known at connect
         self._closed = False
         self._hooks: list[Callable[[], None]] = []
         self._reconnect_callbacks: list[Callable[[], None]] = []
-        self._held: set[AbstractConnection] = set()
         self._flusher_scope = anyio.CancelScope(shield=True)
         self._down_since: float | None = None  # since when calls are not served (monotonic)
         self._replaced = False  # the link was lost: replies may be missing
         self._last_error = ""
         self._close_by = math.inf
+        # The link: calls written and not answered yet, in order, and the sizes of the batches
+        # they were written in.
+        self._in_flight: deque[_Call] = deque()
+        self._batches: deque[int] = deque()
+        self._room = asyncio.Event()  # a batch was answered: the writer may write another
+        self._sent = asyncio.Event()  # a batch was written: the reader has replies to wait for
+        self._refused: list[_Call] = []
+        self._refusal = ""
         self.connected = asyncio.Event()
 
     @property
@@ -284,6 +245,11 @@ class Client:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def server(self) -> str:
+        """The server's address, without credentials (for messages and logs)."""
+        return self._endpoint.address
 
     def register(self, script: Script) -> None:
         """Load *script* on every new connection (a restarted server has forgotten it)."""
@@ -300,8 +266,8 @@ class Client:
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Connect once (so a wrong URL fails at ``connect``), then start the flusher."""
         try:
-            self._conn = await self._connect()
-        except BaseException as exc:
+            self._wire = await self._connect()
+        except Exception as exc:
             raise translate(exc, f"connecting to {self.server}") from None
         task_group.start_soon(self._flush_forever)
 
@@ -321,17 +287,16 @@ class Client:
         self._closed = True
         self._has_work.set()
         self._flusher_scope.cancel()
-        wire, self._conn = self._conn, None
+        wire, self._wire = self._wire, None
         if wire is not None:
-            with anyio.move_on_after(1.0):
-                await self._release(wire.conn)
+            wire.close()
         self._fail_queued(BrokerUnavailable("the broker was closed"))
-        with anyio.move_on_after(1.0):
-            await self._pool.aclose()
 
     def _fail_queued(self, error: LitechanError) -> None:
-        queue, self._queue = self._queue, deque()
-        for call in queue:
+        calls = [*self._refused, *self._in_flight, *self._queue]
+        self._refused, self._in_flight, self._queue = [], deque(), deque()
+        self._batches.clear()
+        for call in calls:
             call.end(error)
 
     # -- calling ---------------------------------------------------------------------------------
@@ -454,21 +419,24 @@ class Client:
 
     async def drain(self) -> None:
         """Return once everything queued so far has been answered or failed (bounded)."""
-        if self._closed or (self._conn is None and not self._queue and not self._hooks):
+        if self._closed or (self._wire is None and not self._queue and not self._hooks):
             return
         with contextlib.suppress(LitechanError):
             await self.bounded(self.call("PING"))
 
-    # -- the flusher -----------------------------------------------------------------------------
+    # -- connections -----------------------------------------------------------------------------
+
+    async def open(self) -> Wire:
+        """A new connection to the server (for the notes), closed by the caller."""
+        return await open_wire(self._endpoint, self._options.connect_timeout)
 
     async def _connect(self) -> Wire:
-        conn = await self.dedicated()
+        wire = await self.open()
         try:
-            wire = Wire(conn)
             with anyio.fail_after(self._options.socket_timeout):
                 self._flagged = await self._load_scripts(wire)
         except BaseException:
-            await self._release(conn)
+            wire.close()
             raise
         self.connected.set()
         return wire
@@ -489,17 +457,7 @@ class Client:
                 raise errors[0]
         return False
 
-    async def _release(self, conn: AbstractConnection) -> None:
-        if conn not in self._held:
-            return  # released already (a reader's finally block and aclose may both try)
-        self._held.discard(conn)
-        try:
-            with anyio.move_on_after(1.0):
-                await conn.disconnect()
-        except Exception as exc:  # a connection that will not close is abandoned, not fatal
-            logger.debug("litechan.redis.close_failed", server=self.server, error=str(exc))
-        finally:
-            await self._pool.release(conn)
+    # -- the flusher -----------------------------------------------------------------------------
 
     async def _flush_forever(self) -> None:
         # Shielded: a deadline around the broker cancels its task group, yet the broker still
@@ -507,40 +465,100 @@ class Client:
         # answer. Only aclose() stops it.
         with self._flusher_scope:
             try:
-                await self._flush_loop()
+                await self._supervise()
             finally:
                 # Whatever ends this task, no caller may be left waiting for it.
                 self._closed = True
                 self._fail_queued(BrokerUnavailable("the broker's Redis connection is closed"))
 
-    async def _flush_loop(self) -> None:
+    async def _supervise(self) -> None:
+        """Keep a link up and run it; after any failure, requeue what it did not finish."""
         backoff = _BACKOFF_MIN
         while not self._closed:
-            self._run_hooks()
-            if self._conn is not None and not self._queue:
-                if self._down_since is not None:
+            self._run_hooks()  # the writer runs them while a link is up; during an outage, here
+            try:
+                if self._wire is None:  # after a loss: connect again even with nothing queued
+                    self._wire = await self._connect()
+                    self._back_up()
+                elif self._down_since is not None and not self._queue and not self._hooks:
                     # Not serving, nothing queued (calls fail fast meanwhile): keep asking, or
                     # nothing would ever find out that it serves again.
                     self._queue.append(_Call(pack(("PING",)), None, math.inf, None, _ignore))
-                    continue
-                self._has_work.clear()
-                await self._has_work.wait()
-                continue
-            try:
-                if self._conn is None:  # after a loss: connect again even with nothing queued
-                    self._conn = await self._connect()
-                    self._back_up()
-                if self._queue:
-                    await self._flush(self._conn)
+                await self._run_link(self._wire)
                 backoff = _BACKOFF_MIN
             except Exception as exc:  # every failure is an outage: wait, try again
+                self._requeue([*self._refused, *self._in_flight])
+                self._refused, self._in_flight = [], deque()
+                self._batches.clear()
                 if isinstance(exc, TransientReply) and not str(exc).startswith("NOSCRIPT"):
-                    self._refused(str(exc))  # the link is fine; the server is not serving
+                    self._outage(str(exc), "litechan.redis.not_serving")  # the link is fine
                 else:
-                    await self._lost(exc)  # a new link (NOSCRIPT: it loads the scripts again)
+                    self._lost(exc)  # a new link (NOSCRIPT: it loads the scripts again)
+                self._run_hooks()
                 self._expire()
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _run_link(self, wire: Wire) -> None:
+        """Write batches and read their replies on *wire* until something fails (it raises)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._write, wire)
+            await self._read(wire)
+
+    async def _write(self, wire: Wire) -> None:
+        queue = self._queue
+        while True:
+            self._run_hooks()
+            if not queue or self._refusal:
+                self._has_work.clear()
+                await self._has_work.wait()
+                continue
+            if len(self._batches) >= MAX_IN_FLIGHT:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+            self._in_flight.extend(batch)
+            self._batches.append(len(batch))
+            self._sent.set()
+            await wire.write(b"".join([call.packed for call in batch]))
+
+    async def _read(self, wire: Wire) -> None:
+        in_flight = self._in_flight
+        batches = self._batches
+        timeout = self._options.socket_timeout
+        while True:
+            reply = wire.poll()
+            if reply is False:
+                if not in_flight:
+                    if self._refusal:  # every refused call is back: retry them after a pause
+                        raise TransientReply(self._refusal)
+                    self._sent.clear()
+                    await self._sent.wait()
+                    continue
+                with anyio.move_on_after(timeout) as scope:  # one scope per read, not per reply
+                    await wire.fill()
+                if scope.cancelled_caught:
+                    raise LinkError(f"no reply from {self.server} in socket_timeout ({timeout} s)")
+                continue
+            if not in_flight:
+                raise LinkError(f"a reply from {self.server} that no command asked for")
+            call = in_flight.popleft()
+            left = batches[0] - 1
+            if left:
+                batches[0] = left
+            else:
+                batches.popleft()
+                self._room.set()
+            if is_transient(reply):
+                # Not run, for now (loading, busy...); later commands may have run: only the
+                # refused ones go again, once the server serves (after the usual pause).
+                self._refused.append(call)
+                self._refusal = str(reply)
+            else:
+                self._resolve(call, reply)
+                if self._down_since is not None and not self._refusal:
+                    self._back_up()
 
     def _run_hooks(self) -> None:
         if not self._hooks:
@@ -553,21 +571,17 @@ class Client:
                 if not self._closed:
                     logger.exception("litechan.redis.hook_failed")
 
-    async def _lost(self, exc: Exception) -> None:
-        """The link failed: drop it (the loop connects again)."""
-        wire, self._conn = self._conn, None
+    def _lost(self, exc: Exception) -> None:
+        """The link failed: drop it (the supervisor connects again)."""
+        wire, self._wire = self._wire, None
         if wire is not None:
             self.connected.clear()
             self._replaced = True
-            with anyio.move_on_after(1.0):
-                await self._release(wire.conn)
+            wire.close()
         self._outage(str(exc) or type(exc).__name__, "litechan.redis.disconnected")
 
-    def _refused(self, error: str) -> None:
-        """The server answered, but is not serving for now (a transient error reply)."""
-        self._outage(error, "litechan.redis.not_serving")
-
     def _outage(self, error: str, event: str) -> None:
+        self._refusal = ""
         if self._down_since is None:
             self._down_since = time.monotonic()
             logger.warning(event, server=self.server, error=error)
@@ -591,35 +605,6 @@ class Client:
             except Exception:
                 logger.exception("litechan.redis.reconnect_callback_failed")
 
-    async def _flush(self, wire: Wire) -> None:
-        queue = self._queue
-        batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
-        done = 0
-        refused: list[_Call] = []
-        refusal: Any = None
-        try:
-            await wire.write(b"".join([c.packed for c in batch]))
-            with anyio.fail_after(self._options.socket_timeout):
-                for call in batch:
-                    reply = await wire.read()
-                    done += 1
-                    if is_transient(reply):
-                        refused.append(call)  # not run: sent again below
-                        refusal = reply
-                    else:
-                        self._resolve(call, reply)
-        except BaseException:
-            # What got no reply is sent again on the next connection, first, in order.
-            self._requeue([*refused, *batch[done:]])
-            raise
-        if refused:
-            # The server refused these for now (loading, busy...) and may have run later ones
-            # of the batch: only the refused ones go again, after a pause, as after a cut.
-            self._requeue(refused)
-            raise TransientReply(str(refusal))
-        if self._down_since is not None:
-            self._back_up()
-
     def _requeue(self, calls: list[_Call]) -> None:
         """Put *calls* back at the head of the queue, in order; a script's SHA follows the
         flavour of the server they go to next."""
@@ -631,7 +616,7 @@ class Client:
         self._queue.extendleft(reversed(calls))
 
     def _resolve(self, call: _Call, reply: Any) -> None:
-        if isinstance(reply, redis.exceptions.ResponseError):
+        if isinstance(reply, ReplyError):
             what = f"Redis ({call.script[0].name})" if call.script is not None else "Redis"
             error = reply_error(reply, what)
             if not is_refusal(reply):  # a bug or an unsupported server: say so loudly
@@ -641,7 +626,7 @@ class Client:
             call.end(reply)
 
     def _expire(self) -> None:
-        """Fail the calls that have waited longer than ``retry`` for a connection."""
+        """Fail the calls that have waited longer than ``retry`` for the server."""
         now = time.monotonic()
         queue = self._queue
         if not queue or all(call.deadline > now for call in (queue[0], queue[-1])):
@@ -658,30 +643,6 @@ class Client:
                     f"(the retry option): {self._last_error}"
                 )
             )
-
-    @property
-    def server(self) -> str:
-        """The server's address, without credentials (for messages and logs)."""
-        kwargs = self._pool.connection_kwargs
-        if "path" in kwargs:
-            return f"unix:{kwargs['path']}"
-        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-
-    # -- a dedicated connection (pub/sub) --------------------------------------------------------
-
-    async def dedicated(self) -> AbstractConnection:
-        """A new connection outside the batching one (for SUBSCRIBE); the caller releases it."""
-        conn: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-        self._held.add(conn)
-        try:
-            await conn.connect()  # type: ignore[no-untyped-call]
-        except BaseException:
-            await self._release(conn)
-            raise
-        return conn
-
-    async def release(self, conn: AbstractConnection) -> None:
-        await self._release(conn)
 
 
 async def gather_replies(futures: Sequence[asyncio.Future[Any]]) -> list[Any]:
@@ -700,6 +661,3 @@ def _retrieve(future: asyncio.Future[Any], name: str) -> None:
     error = future.exception()
     if error is not None and "closed" not in str(error):
         logger.debug("litechan.redis.call_failed", command=name, error=str(error))
-
-
-_ = redis.asyncio  # redis-py's asyncio package must be importable (it is: see pyproject extras)

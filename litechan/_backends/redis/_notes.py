@@ -30,11 +30,10 @@ from typing import Final
 
 import anyio
 import anyio.abc
-import redis.exceptions
 import structlog
 
 from ._client import CONNECTION_ERRORS, Client, pack, translate
-from ._wire import Wire
+from ._wire import LinkError, Wire
 
 __all__ = ["STALL", "Fence", "Notes"]
 
@@ -92,8 +91,7 @@ class Notes:
         self.live = False
         wire, self._wire = self._wire, None
         if wire is not None:
-            with anyio.move_on_after(1.0):
-                await self._client.release(wire.conn)
+            wire.close()
         self._release_waiters()
 
     async def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
@@ -133,20 +131,19 @@ class Notes:
             await wire.write(packed)
 
     async def _open(self) -> Wire:
-        conn = await self._client.dedicated()
+        wire = await self._client.open()
         try:
-            wire = Wire(conn)
             channels = [self._channel, *(c.decode() for c in self._handlers)]
             self._subscribed = {c.encode() for c in channels}
             await wire.write(pack(("SUBSCRIBE", *channels)))
             with anyio.fail_after(self._client.options.socket_timeout):
                 replies = [await wire.read() for _ in channels]
         except BaseException:
-            await self._client.release(conn)
+            wire.close()
             raise
         errors = [reply for reply in replies if isinstance(reply, Exception)]
         if errors:
-            await self._client.release(conn)
+            wire.close()
             raise errors[0]
         return wire
 
@@ -171,8 +168,7 @@ class Notes:
                 logger.warning("litechan.redis.notes_disconnected", error=str(exc) or repr(exc))
             if wire is not None:
                 self._link_down(wire)
-                with anyio.move_on_after(1.0):
-                    await self._client.release(wire.conn)
+                wire.close()
                 wire = None
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -203,7 +199,7 @@ class Notes:
                     await wire.fill()
                 if scope.cancelled_caught:
                     if pinged:  # no answer to a PING for a whole socket_timeout: a dead link
-                        raise redis.exceptions.TimeoutError("no reply to PING on notes channel")
+                        raise LinkError("no reply to PING on the notes connection")
                     pinged = True
                     self._pings.append(None)
                     await wire.write(pack(("PING",)))

@@ -1,47 +1,73 @@
 """Parsing of ``redis://``, ``rediss://`` and ``unix://`` broker URLs.
 
-The URL carries what redis-py understands (host, port, database, user, password, TLS settings)
-plus litechan's own options in the query string; the latter are removed before the rest is given
-to redis-py, and each is validated here so that a typo is an :class:`InvalidArgument` at
-:func:`litechan.connect`, not a surprise at the first publish.
+The URL says where the server is and how to reach it (host, port or socket path, database, user,
+password, TLS settings, a client name) and carries litechan's own options in the query string.
+Everything is validated here, so that a typo is an :class:`InvalidArgument` at
+:func:`litechan.connect`, not a surprise at the first publish. The password is kept out of every
+repr and message.
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import Final
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlunsplit
 
 import attrs
 
 from ..._errors import InvalidArgument
 from ..._names import check_name
 
-__all__ = ["RedisOptions", "parse_url"]
+__all__ = ["Endpoint", "RedisOptions", "parse_url"]
 
 _SCHEMES: Final = ("redis", "rediss", "unix")
+_MAX_DB: Final = 1_000_000
+
+
+@attrs.frozen
+class Endpoint:
+    """Where the server is and how to open a connection to it."""
+
+    host: str = ""
+    port: int = 6379
+    #: The unix socket's path (``unix://`` URLs), else "".
+    path: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    #: TLS (``rediss://``): the context, and the name the certificate must carry.
+    tls: ssl.SSLContext | None = attrs.field(default=None, repr=False, eq=False)
+    server_hostname: str | None = None
+    client_name: str | None = None
+
+    @property
+    def address(self) -> str:
+        """Where the server is, for messages and logs (never a credential)."""
+        return f"unix:{self.path}" if self.path else f"{self.host}:{self.port}"
 
 
 @attrs.frozen
 class RedisOptions:
     """What a Redis broker URL asks for; see docs/api.md for each option."""
 
-    #: The URL handed to redis-py (litechan's own query options removed).
-    client_url: str
+    endpoint: Endpoint
+    #: The URL without litechan's options, for tools that use redis-py (the test kit's cleanup).
+    client_url: str = attrs.field(repr=False)
     #: Prefix of every key and channel litechan uses on this server (isolation, G10).
     namespace: str = "litechan"
+    #: Accepted for compatibility and ignored: a broker opens one connection for commands and
+    #: one for notes, whatever the pool size.
     pool_size: int = 16
     connect_timeout: float = 5.0
     socket_timeout: float = 10.0
     #: How long a worker owns a partition without renewing it; a crashed worker's partitions
     #: move to the survivors within about this time.
     lease: float = 10.0
-    #: "async": ack() returns once the ack is queued for the next batch, which leaves at once (a
-    #: sequential reader is not held up by the round trip; a crash may redeliver what was
-    #: acked in the last moment, as with RabbitMQ or NATS acks); "sync": ack() returns once the
-    #: ack is on the server (an acked message is never redelivered).
+    #: "async": ack() returns once the ack is queued for the next batch; "sync": ack() returns
+    #: once the server answered the call that carried it (and raises what it refused).
     acks: str = "async"
-    #: How long a call (publish, send, subscribe, ...) keeps waiting for a connection while the
-    #: server is unreachable before it raises BrokerUnavailable.
+    #: How long a call keeps waiting while the server is unreachable or not serving before it
+    #: raises BrokerUnavailable; also the bound on closing a broker during an outage.
     retry: float = 5.0
 
 
@@ -52,18 +78,34 @@ _FLOATS: Final = {
     "retry": (0.0, 3600.0),
 }
 
+#: Connection options of the query string (the names redis-py uses for them).
+_CONNECTION_QUERY: Final = frozenset(
+    {
+        "db",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_check_hostname",
+        "health_check_interval",
+        "client_name",
+    }
+)
+
 
 def parse_url(url: SplitResult) -> RedisOptions:
-    """Split *url* into redis-py's URL and litechan's options, validating both."""
+    """Split *url* into where to connect and litechan's options, validating both."""
     if url.scheme not in _SCHEMES:  # the registry routes only these schemes here
-        raise InvalidArgument(f"not a Redis URL: {url.geturl()!r}")
+        raise InvalidArgument(f"not a Redis URL: {_shown(url)}")
     if url.fragment:
-        raise InvalidArgument(f"a Redis URL takes no #fragment: {url.geturl()!r}")
+        raise InvalidArgument(f"a Redis URL takes no #fragment: {_shown(url)}")
     if url.scheme != "unix" and not url.hostname:
-        raise InvalidArgument(f"a {url.scheme}:// URL needs a host: {url.geturl()!r}")
+        raise InvalidArgument(f"a {url.scheme}:// URL needs a host: {_shown(url)}")
     if url.scheme == "unix" and not url.path:
-        raise InvalidArgument(f"a unix:// URL needs a socket path: {url.geturl()!r}")
+        raise InvalidArgument(f"a unix:// URL needs a socket path: {_shown(url)}")
     values: dict[str, object] = {}
+    connection: dict[str, str] = {}
     passthrough: list[tuple[str, str]] = []
     for name, raw in parse_qsl(url.query, keep_blank_values=True, strict_parsing=False):
         if name == "namespace":
@@ -77,32 +119,110 @@ def parse_url(url: SplitResult) -> RedisOptions:
         elif name in _FLOATS:
             low, high = _FLOATS[name]
             values[name] = _float(name, raw, low, high)
-        elif name in _REDIS_PY_QUERY:
+        elif name in _CONNECTION_QUERY:
+            connection[name] = raw
             passthrough.append((name, raw))
         else:
-            known = sorted([*attrs.fields_dict(RedisOptions), *_REDIS_PY_QUERY])
-            known.remove("client_url")
+            known = sorted([*_LITECHAN_QUERY, *_CONNECTION_QUERY])
             raise InvalidArgument(
                 f"unknown option {name!r} in Redis URL; known options: {', '.join(known)}"
             )
+    endpoint = _endpoint(url, connection)
     client_url = urlunsplit((url.scheme, url.netloc, url.path, urlencode(passthrough), ""))
-    return RedisOptions(client_url=client_url, **values)  # type: ignore[arg-type]
+    return RedisOptions(endpoint=endpoint, client_url=client_url, **values)  # type: ignore[arg-type]
 
 
-# Query options redis-py itself reads from a URL, passed through untouched.
-_REDIS_PY_QUERY: Final = frozenset(
-    {
-        "db",
-        "ssl_cert_reqs",
-        "ssl_ca_certs",
-        "ssl_ca_data",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_check_hostname",
-        "health_check_interval",
-        "client_name",
-    }
+#: litechan's own query options: the fields of RedisOptions but the parsed connection.
+_LITECHAN_QUERY: Final = tuple(
+    name for name in attrs.fields_dict(RedisOptions) if name not in ("endpoint", "client_url")
 )
+
+
+def _endpoint(url: SplitResult, query: dict[str, str]) -> Endpoint:
+    username = unquote(url.username) if url.username else None
+    password = unquote(url.password) if url.password is not None else None
+    if url.scheme == "unix":
+        path_db = None
+        path = url.path
+    else:
+        path = ""
+        path_db = _db_from_path(url)
+    if "db" in query:
+        query_db = _db("db", query["db"])
+        if path_db is not None and path_db != query_db:
+            raise InvalidArgument(
+                f"the Redis URL names database {path_db} in its path and {query_db} in ?db="
+            )
+        db = query_db
+    else:
+        db = path_db or 0
+    if "health_check_interval" in query:
+        _float("health_check_interval", query["health_check_interval"], 0.0, 3600.0)
+    try:
+        port = url.port or 6379
+    except ValueError:
+        raise InvalidArgument(f"the Redis URL's port is not a number: {_shown(url)}") from None
+    tls = _tls_context(query) if url.scheme == "rediss" else None
+    if url.scheme != "rediss" and any(name.startswith("ssl_") for name in query):
+        raise InvalidArgument("ssl_* options need a rediss:// URL")
+    return Endpoint(
+        host=url.hostname or "",
+        port=port,
+        path=path,
+        db=db,
+        username=username,
+        password=password,
+        tls=tls,
+        server_hostname=url.hostname if tls is not None and tls.check_hostname else None,
+        client_name=query.get("client_name") or None,
+    )
+
+
+def _db_from_path(url: SplitResult) -> int | None:
+    path = url.path.strip("/")
+    if not path:
+        return None
+    return _db("the path", path)
+
+
+def _db(what: str, raw: str) -> int:
+    if not raw.isdigit() or int(raw) > _MAX_DB:
+        raise InvalidArgument(
+            f"a Redis URL's database ({what}) must be a number from 0 to {_MAX_DB}, got {raw!r}"
+        )
+    return int(raw)
+
+
+def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
+    requirements = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": None}
+    reqs = query.get("ssl_cert_reqs", "required").lower()
+    if reqs not in requirements:
+        raise InvalidArgument("ssl_cert_reqs must be none, optional or required")
+    check = query.get("ssl_check_hostname", "true" if reqs == "required" else "false").lower()
+    if check not in ("true", "false", "1", "0", "yes", "no"):
+        raise InvalidArgument("ssl_check_hostname must be true or false")
+    try:
+        context = ssl.create_default_context(
+            cafile=query.get("ssl_ca_certs") or None, cadata=query.get("ssl_ca_data") or None
+        )
+        if query.get("ssl_certfile"):
+            context.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile") or None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise InvalidArgument(f"the Redis URL's TLS settings cannot be loaded: {exc}") from None
+    context.check_hostname = check in ("true", "1", "yes") and reqs != "none"
+    if requirements[reqs] is not None:
+        context.verify_mode = requirements[reqs]  # type: ignore[assignment]
+    return context
+
+
+def _shown(url: SplitResult) -> str:
+    """*url* without its password (for messages)."""
+    netloc = url.netloc
+    if url.password is not None:
+        user = url.username or ""
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{user}:***@{host}"
+    return repr(urlunsplit((url.scheme, netloc, url.path, url.query, url.fragment)))
 
 
 def _int(name: str, raw: str, low: int, high: int) -> int:

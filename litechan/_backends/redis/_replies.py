@@ -24,8 +24,6 @@ from __future__ import annotations
 import re
 from typing import Final
 
-import redis.exceptions
-
 from ..._errors import (
     BrokerUnavailable,
     CorruptEntry,
@@ -33,6 +31,7 @@ from ..._errors import (
     Overloaded,
     ServerError,
 )
+from ._wire import ReplyError
 
 __all__ = ["TRANSIENT", "error_code", "is_refusal", "is_transient", "reply_error"]
 
@@ -68,7 +67,7 @@ def error_code(reply: BaseException) -> str:
 
 def is_transient(reply: object) -> bool:
     """Whether *reply* is an error reply of a command the server did not run for now."""
-    return isinstance(reply, redis.exceptions.ResponseError) and error_code(reply) in TRANSIENT
+    return isinstance(reply, ReplyError) and error_code(reply) in TRANSIENT
 
 
 def is_refusal(reply: BaseException) -> bool:
