@@ -606,9 +606,26 @@ async def test_server_restarted_empty(own_redis_server: RedisServer) -> None:
 # 5. garbage written into litechan's streams
 
 
+#: Elements another program might push onto a lite topic's list: not msgpack, msgpack of the
+#: wrong shape, and a well-formed record claiming an offset that is not its own.
+LIST_GARBAGE: list[bytes] = [
+    b"\xc1\xc1 not msgpack \xff",
+    msgspec.msgpack.encode({"what": "the wrong shape"}),
+    msgspec.msgpack.encode((999, b"a forged record", None, 0.0)),
+]
+
+
+async def list_keys(admin: redis.asyncio.Redis, namespace: str) -> list[bytes]:
+    """Every key of type list whose name contains *namespace*."""
+    return sorted(
+        [key async for key in admin.scan_iter(match=f"*{namespace}*", count=1000, _type="LIST")]
+    )
+
+
 @asyncio_only
-async def test_garbage_in_a_lite_topic_stream(redis_url: str) -> None:
-    """Garbage in a lite topic's stream is skipped with a warning; valid replies flow on (G12)."""
+async def test_garbage_in_a_lite_topic_list(redis_url: str) -> None:
+    """Garbage pushed onto a lite topic's list takes offsets and is skipped with a warning when
+    read, live or catching up; valid replies flow on, in order (G12)."""
     namespace = namespace_of(redis_url)
     admin = redis.asyncio.Redis.from_url(plain_redis_url(redis_url))
     try:
@@ -619,15 +636,14 @@ async def test_garbage_in_a_lite_topic_stream(redis_url: str) -> None:
                     channel = await live.subscribe("sess-1")
                     messages = aiter(channel)
                     await replies.publish("sess-1", b"valid-1")
-                    streams = await stream_keys(admin, namespace)
-                    assert len(streams) == 1, f"one lite topic, one stream: {streams}"
-                    for fields in GARBAGE:
-                        await anyio.to_thread.run_sync(_xadd_sync, redis_url, streams[0], fields)
+                    lists = await list_keys(admin, namespace)
+                    assert len(lists) == 1, f"one lite topic, one list: {lists}"
+                    await admin.rpush(lists[0], *LIST_GARBAGE)
                     await replies.publish("sess-1", b"valid-2")
                     await replies.publish("sess-1", b"valid-3")
                     got = await take(messages, 3, "valid replies around garbage")
                     assert [m.payload for m in got] == [b"valid-1", b"valid-2", b"valid-3"]
-                    assert [m.offset for m in got] == sorted({m.offset for m in got})
+                    assert [m.offset for m in got] == [1, 5, 6]  # the garbage took 2..4
                     for msg in got:
                         await msg.ack()
                     last = await replies.publish("sess-1", b"valid-4")
@@ -646,9 +662,18 @@ async def test_garbage_in_a_lite_topic_stream(redis_url: str) -> None:
                     after = await replies.publish("sess-1", b"valid-5")
                     (fifth,) = await take(from_start, 1, "catch-up then live")
                     assert (fifth.payload, fifth.offset) == (b"valid-5", after)
+                    await fifth.ack()
+                # The garbage counts for no group: only valid-5, which gw-1 never read, is owed.
+                stats = await replies.stats(top=2)
+                assert stats.backlog == 1, stats
+                assert [(lag.group, lag.backlog) for lag in stats.top] == [
+                    ("gateways", 1),
+                    ("audit", 0),
+                ]
     finally:
         await admin.aclose()
-    assert litechan_warnings(logs), f"no litechan warning logged for garbage: {logs}"
+    corrupt = [e for e in litechan_warnings(logs) if e["event"] == "litechan.lite.corrupt_entry"]
+    assert corrupt, f"no litechan warning logged for garbage: {logs}"
 
 
 @asyncio_only

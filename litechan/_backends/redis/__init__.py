@@ -37,15 +37,18 @@ from ..base import (
     OrderedSpec,
 )
 from ._client import Client, translate
-from ._lite import RedisLiteMember, RedisLiteTopics, encode_lite
+from ._lite import NoteData, RedisLiteMember, RedisLiteTopics, decode_note, encode_lite
 from ._notes import Fence, Notes
 from ._options import RedisOptions, parse_url
 from ._ordered import RedisGroupMember, RedisOrderedTopic
-from ._scripts import SCRIPTS, SPEC
+from ._scripts import NAMESPACE, SCRIPTS, SPEC
 
 __all__ = ["RedisBackend"]
 
 logger = structlog.get_logger("litechan")
+
+#: The layout of keys and scripts this version reads and writes (see docs/design.md).
+LAYOUT: Final = "2"
 
 _NOT_ASYNCIO: Final = (
     "the Redis backend runs on asyncio only (it uses redis-py's asyncio client), but this "
@@ -73,6 +76,7 @@ class RedisBackend:
         self._serial = 0
         self._world = b""
         self._fence: Fence | None = None
+        self._listening: set[str] = set()  # parents whose partition channels notes listen to
 
     @property
     def client(self) -> Client:
@@ -127,9 +131,23 @@ class RedisBackend:
             await self._client.aclose()
 
     async def _world_marker(self) -> bytes:
-        """The id of the data this server holds for the namespace (new after a data loss)."""
-        marker: bytes = await self.client.run(SPEC, (f"{self._ns}:world",), (secrets.token_hex(8),))
-        return marker
+        """The id of the data this server holds for the namespace (new after a data loss),
+        after checking that the namespace is laid out as this version reads it."""
+        ns = self._ns
+        old_layout, (layout, marker) = await asyncio.gather(
+            self.client.call("EXISTS", f"{ns}:world"),  # the marker of layout 1
+            self.client.run(
+                NAMESPACE, (f"{{{ns}}}:world", f"{{{ns}}}:layout"), (secrets.token_hex(8), LAYOUT)
+            ),
+        )
+        if layout.decode() != LAYOUT or old_layout:
+            found = "1" if old_layout else layout.decode()
+            raise ConfigMismatch(
+                f"namespace {ns!r} holds data of litechan's Redis layout {found}; this version "
+                f"reads layout {LAYOUT}. Use another namespace, or delete the keys of this one "
+                f"(they start with {ns!r} or {{{ns}:)"
+            )
+        return bytes(marker)
 
     async def _on_connect(self, first: bool) -> None:
         if first:
@@ -155,22 +173,27 @@ class RedisBackend:
             group_member.on_reconnect()
 
     def _on_note(self, note: bytes) -> None:
-        kind = note[:1]
-        if kind == b"D":
-            _, member_id, generation, topic, epoch, offset, body = note.split(b"|", 6)
-            member = self._lite_members.get(member_id.decode())
-            if member is not None:
-                member.on_data(topic.decode(), int(generation), epoch.decode(), int(offset), body)
-        elif kind == b"W":
+        """A note on the broker's own channel: a partition of an ordered topic got entries."""
+        if note[:1] == b"W":
             _, member_id, _, partition, _ = note.split(b"|", 4)
             group_member = self._group_members.get(member_id.decode())
             if group_member is not None:
                 group_member.on_wake(int(partition))
-        elif kind == b"R":
-            _, member_id, generation, topic = note.split(b"|", 3)
-            member = self._lite_members.get(member_id.decode())
-            if member is not None:
-                member.on_revoked(topic.decode(), int(generation))
+
+    def _on_lite_note(self, note: bytes) -> None:
+        """A note on one of the broker's channels of a lite-topic partition: messages of lite
+        topics its subscribers own, or a takeover."""
+        members = self._lite_members
+        for record in decode_note(note):
+            member = members.get(record.member)
+            if member is None:
+                continue
+            if type(record) is NoteData:
+                member.on_records(
+                    record.topic, record.generation, record.epoch, record.first, record.bodies
+                )
+            else:
+                member.on_revoked(record.topic, record.generation)
 
     # -- declarations ------------------------------------------------------------------------------
 
@@ -184,7 +207,7 @@ class RedisBackend:
     def declare_lite(self, spec: LiteSpec) -> None:
         known = self._parents.get(spec.parent)
         if known is None:
-            self._parents[spec.parent] = RedisLiteTopics(self.client, self._ns, spec, self._channel)
+            self._parents[spec.parent] = RedisLiteTopics(self.client, self._ns, spec, self._id)
         elif known.spec != spec:
             raise ConfigMismatch(_mismatch("lite-topic parent", spec.parent, _describe(known.spec)))
 
@@ -284,6 +307,11 @@ class RedisBackend:
         parent = await self._parent(spec)
         assert self._task_group is not None
         assert self._fence is not None
+        assert self._notes is not None
+        if spec.parent not in self._listening:
+            self._listening.add(spec.parent)
+            for channel in parent.channels:
+                await self._notes.listen(channel, self._on_lite_note, sharded=True)
         return RedisLiteMember(
             parent,
             group,

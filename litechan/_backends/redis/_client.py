@@ -106,7 +106,9 @@ class Script:
     Redis 7 takes flags in a first line (``#!lua flags=allow-oom``): scripts that only keep
     litechan's bookkeeping (acks, leases, subscriptions, fetches) are flagged ``allow-oom`` so
     that consumers drain a full server, and the others are refused before they write anything.
-    Redis 6.2 cannot compile that line and gets the plain source.
+    Redis 6.2 cannot compile that line and gets the plain source. ``@PUBLISH@`` in a source is
+    ``SPUBLISH`` on Redis 7 (sharded pub/sub: a script may publish only in its own slot, which a
+    cluster needs) and ``PUBLISH`` on 6.2.
     """
 
     __slots__ = ("flagged", "name", "sha", "sha_plain", "source")
@@ -115,10 +117,11 @@ class Script:
         self, name: str, source: str, *, flags: Literal["", "allow-oom", "no-writes"]
     ) -> None:
         self.name = name
-        self.source = source
-        self.flagged = f"#!lua flags={flags}\n{source}" if flags else f"#!lua\n{source}"
+        self.source = source.replace("@PUBLISH@", "PUBLISH")
+        shebang = f"#!lua flags={flags}" if flags else "#!lua"
+        self.flagged = f"{shebang}\n{source.replace('@PUBLISH@', 'SPUBLISH')}"
         self.sha = _sha1(self.flagged)
-        self.sha_plain = _sha1(source)
+        self.sha_plain = _sha1(self.source)
 
 
 def _sha1(text: str) -> str:
@@ -245,6 +248,11 @@ class Client:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def sharded(self) -> bool:
+        """Whether notes use sharded pub/sub (``SSUBSCRIBE``: Redis 7), known once connected."""
+        return self._flagged
 
     @property
     def server(self) -> str:

@@ -1,13 +1,22 @@
-"""Lite topics on Redis: one stream and one meta hash per lite topic, notes to the owner.
+"""Lite topics on Redis: a list and a hash per lite topic, in slot partitions, notes to owners.
 
-Per message a subscriber costs O(1) whatever number of lite topics it owns: the publish script
-sends the message itself to the owner's broker channel (one PUBLISH per owning group), and the
-member keeps the messages pushed that way in a small per-topic cache, so a fetch that follows
-the notes is served without a round trip. A fetch reads Redis only when the cache cannot answer
-(after subscribing, or when notes were lost or the subscriber fell behind), which also keeps
-trimming visible as a gap (G9).
+Layout 2 (see ``_scripts``): a parent's lite topics are spread over ``PARTITIONS`` slot
+partitions, each with a hash tag of its own (``_slots``). A lite topic is a list of messages and
+a small hash, under its partition's tag: a list holding one small message takes a few hundred
+bytes where a stream's first node takes 4 KB.
 
-TTL is the server's: each publish sets PEXPIRE on both keys. A member learns that a topic it
+Publishes are coalesced per partition: ``publish()`` queues the message, and right before the
+client writes its next batch one ``LITE_PUBLISH`` call per partition carries every message
+queued for it, appends them, refreshes their topics' TTLs and sends each owner *one* note with
+all of its messages. The note carries the messages themselves, so a subscriber owning any number
+of lite topics costs O(1) per message: the member keeps what notes pushed in a small cache per
+topic, and the core's fetch is served from it. A fetch reads Redis only when the cache cannot
+answer (after subscribing, after lost notes, or when the reader lags more than the cache holds),
+which also keeps trimming visible as a gap (G9). Acks are coalesced per partition the same way.
+
+TTL is the server's: a publish sets PEXPIRE on both keys to 1.1 x ttl, and refreshes it only once
+ttl/10 has passed (so a topic is deleted between ttl and 1.1 x ttl after its last publish, and a
+burst of publishes costs one PEXPIRE per key). A member learns that a topic it
 owns expired by checking, in one pipelined round trip, the topics whose TTL should have run out
 by now (a heap of deadlines, each pushed back lazily when a note showed the topic alive); and
 every reconnection of the notes channel reconciles every owned topic the same way.
@@ -20,8 +29,9 @@ import contextlib
 import heapq
 import itertools
 import secrets
+import struct
+import zlib
 from collections import deque
-from collections.abc import Sequence
 from typing import Any, Final
 
 import anyio
@@ -32,7 +42,7 @@ import structlog
 from ..._errors import LitechanError
 from ..._types import EndReason, LiteTopicLag, LiteTopicsStats
 from ..base import Fence, LiteBatch, LiteListener, LiteRecord, LiteSpec, Start, Subscription
-from ._client import AckBatch, Client, entry_body
+from ._client import AckBatch, Arg, Client
 from ._scripts import (
     LITE_ACK,
     LITE_FETCH,
@@ -41,81 +51,158 @@ from ._scripts import (
     LITE_SUBSCRIBE,
     LITE_UNSUBSCRIBE,
 )
+from ._slots import partition_tags
 
-__all__ = ["LiteBody", "RedisLiteMember", "RedisLiteTopics", "decode_lite", "encode_lite"]
+__all__ = [
+    "PARTITIONS",
+    "NoteData",
+    "NoteRevoked",
+    "RedisLiteMember",
+    "RedisLiteTopics",
+    "decode_body",
+    "decode_note",
+    "encode_lite",
+]
 
 logger = structlog.get_logger("litechan")
 
-#: The body of a lite-topic message in its stream entry: payload, headers (None if empty) and
-#: published_at.
-LiteBody = tuple[bytes, dict[str, str] | None, float]
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(LiteBody).decode
-
+#: Slot partitions per parent: a flush's publishes go out as one script call per partition.
+PARTITIONS: Final = 16
 #: Records kept per owned topic from notes, at most (and never more than the parent's max_len).
 CACHE_MAX: Final = 256
 #: Topics checked per round trip when reconciling.
 CHECK_BATCH: Final = 1000
+#: Messages one publish call carries at most (a script runs alone on the server: keep it short).
+PUBLISH_BATCH: Final = 512
+
+_encode = msgspec.msgpack.Encoder().encode
+#: A stored message, as the client encodes it: ``[payload, headers, published_at]``.
+_Body = tuple[bytes, dict[str, str] | None, float]
+decode_body: Final = msgspec.msgpack.Decoder(_Body).decode
+
+
+class NoteData(msgspec.Struct, array_like=True, tag="D", frozen=True):
+    """Messages of a lite topic the member owns, in a note: ``['D', member, generation, topic,
+    epoch, first offset, [body, ...]]`` (one record per topic and script call)."""
+
+    member: str
+    generation: int
+    topic: str
+    epoch: str
+    first: int
+    bodies: list[_Body]
+
+
+class NoteRevoked(msgspec.Struct, array_like=True, tag="R", frozen=True):
+    """A lite topic the member owned was taken over: ``['R', member, generation, topic]``."""
+
+    member: str
+    generation: int
+    topic: str
+
+
+#: A note on a partition channel: a msgpack array of records, decoded in one call.
+decode_note: Final = msgspec.msgpack.Decoder(list[NoteData | NoteRevoked]).decode
 
 
 def encode_lite(payload: bytes, headers: dict[str, str], published_at: float) -> bytes:
+    """A message as it is stored: the msgpack encoding of ``(payload, headers, published_at)``
+    (its offset is its place in the list)."""
     return _encode((payload, headers or None, published_at))
 
 
-def decode_lite(body: bytes) -> LiteBody:
-    decoded: LiteBody = _decode(body)
-    return decoded
+def partition_of(lite_topic: str) -> int:
+    return zlib.crc32(lite_topic.encode()) % PARTITIONS
 
 
 class RedisLiteTopics:
     """One parent's keys on one server; what the backend's lite-topic calls delegate to."""
 
-    def __init__(self, client: Client, namespace: str, spec: LiteSpec, channel: str) -> None:
+    def __init__(self, client: Client, namespace: str, spec: LiteSpec, broker_id: str) -> None:
         self.client = client
         self.spec = spec
-        self.channel = channel
-        self.prefix = f"{namespace}:l:{spec.parent}:"
+        self.tags = partition_tags(f"{namespace}:l:{spec.parent}", PARTITIONS)
+        #: This broker's note channel in each partition (written in its owner tokens).
+        self.channels = tuple(f"{tag}:n:{broker_id}" for tag in self.tags)
         self.ttl_ms = max(1, round(spec.ttl * 1000))
         self.cache_max = min(CACHE_MAX, spec.max_len)
         self.checked = False
+        self._pending: list[dict[str, list[tuple[bytes, asyncio.Future[int]]]]] = [
+            {} for _ in range(PARTITIONS)
+        ]
+        self._hooked = False
 
     def keys(self, lite_topic: str) -> tuple[str, str]:
-        tag = f"{{{self.prefix}{lite_topic}}}"
-        return tag + ":s", tag + ":m"
+        """meta hash, message list."""
+        tag = self.tags[partition_of(lite_topic)]
+        return f"{tag}:m:{lite_topic}", f"{tag}:d:{lite_topic}"
 
     async def publish(self, lite_topic: str, body: bytes) -> int:
-        reply = await self.client.run(
-            LITE_PUBLISH,
-            self.keys(lite_topic),
-            (body, self.ttl_ms, self.spec.max_len, secrets.token_hex(8), lite_topic),
-        )
-        return int(reply[0])
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending[partition_of(lite_topic)].setdefault(lite_topic, []).append((body, future))
+        if not self._hooked:
+            self._hooked = True
+            self.client.before_flush(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        """Send what was published since the last batch: one call per partition (a hook)."""
+        self._hooked = False
+        for index, pending in enumerate(self._pending):
+            if pending:
+                self._pending[index] = {}
+                for chunk in _chunks(pending):
+                    self._send(chunk)
+
+    def _send(self, chunk: list[tuple[str, list[tuple[bytes, asyncio.Future[int]]]]]) -> None:
+        keys: list[Arg] = []
+        args: list[Arg] = [self.ttl_ms, self.spec.max_len, secrets.token_hex(6)]
+        futures: list[asyncio.Future[int]] = []
+        for lite_topic, items in chunk:
+            keys.extend(self.keys(lite_topic))
+            args.append(lite_topic)
+            args.append(len(items))
+            args.extend(body for body, _ in items)
+            futures.extend(future for _, future in items)
+
+        def done(outcome: Any) -> None:
+            if isinstance(outcome, BaseException):
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(outcome)
+                return
+            for future, offset in zip(futures, outcome, strict=True):
+                if not future.done():
+                    future.set_result(int(offset))
+
+        self.client.run_soon(LITE_PUBLISH, keys, args, on_done=done)
 
     async def stats(self, now: float, top: int) -> LiteTopicsStats:
         client = self.client
         metas: list[bytes] = []
-        cursor: Any = 0
-        pattern = f"{{{self.prefix}*}}:m"
-        while True:
-            cursor, found = await client.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-            metas.extend(found)
-            if int(cursor) == 0:
-                break
+        for tag in self.tags:
+            cursor: Any = 0
+            while True:
+                cursor, found = await client.call(
+                    "SCAN", cursor, "MATCH", f"{tag}:m:*", "COUNT", 1000
+                )
+                metas.extend(found)
+                if int(cursor) == 0:
+                    break
         topics = 0
         subscriptions = 0
         backlog = 0
         lags: list[LiteTopicLag] = []
-        oldest_queries: list[tuple[int, str, int]] = []  # (lag index, stream key, offset)
-        cut = len(self.prefix) + 1
+        oldest_queries: list[tuple[int, bytes, int]] = []  # (lag index, list key, index)
         replies = await client.many(
-            cmd for meta in metas for cmd in (("HGETALL", meta), ("XLEN", meta[:-1] + b"s"))
+            cmd for meta in metas for cmd in (("HGETALL", meta), ("LLEN", _list_key(meta)))
         )
         for i, meta in enumerate(metas):
             fields, length = replies[2 * i], replies[2 * i + 1]
             if isinstance(fields, BaseException) or isinstance(length, BaseException):
                 continue
             info = dict(zip(fields[::2], fields[1::2], strict=True))
-            name = meta[cut:-3].decode()
+            name = meta.split(b"}:m:", 1)[1].decode()
             owners = {
                 k[2:].decode(): v.split(b"|")[3].decode() for k, v in info.items() if k[:2] == b"o:"
             }
@@ -123,8 +210,8 @@ class RedisLiteTopics:
             if b"e" not in info:
                 continue
             topics += 1
-            last = int(info.get(b"n", 0))
-            first = last - int(length) + 1
+            first = int(info.get(b"f", 1))
+            last = first + int(length) - 1
             groups = {k[2:].decode() for k in info if k[:2] == b"c:"} | owners.keys()
             for group in sorted(groups):
                 committed = info.get(b"c:" + group.encode(), b"")
@@ -136,19 +223,19 @@ class RedisLiteTopics:
                     oldest += 1
                 backlog += behind
                 if behind:
-                    oldest_queries.append((len(lags), meta[:-1].decode() + "s", oldest))
+                    oldest_queries.append((len(lags), _list_key(meta), oldest - first))
                 lags.append(LiteTopicLag(name, group, behind, owners.get(group), None))
         if top <= 0:
             return LiteTopicsStats(topics, subscriptions, backlog, [])
         ranked = sorted(range(len(lags)), key=lambda i: -lags[i].backlog)[:top]
         wanted = set(ranked)
         queries = [q for q in oldest_queries if q[0] in wanted]
-        entries = await client.many(("XRANGE", key, f"0-{o}", f"0-{o}") for _, key, o in queries)
-        for (index, _, _), found in zip(queries, entries, strict=True):
-            if isinstance(found, list) and found:
+        found = await client.many(("LINDEX", key, index) for _, key, index in queries)
+        for (index, _, _), element in zip(queries, found, strict=True):
+            if isinstance(element, bytes):
                 try:
-                    published_at = decode_lite(dict(_pairs(found[0][1]))[b"b"])[2]
-                except (msgspec.DecodeError, KeyError):
+                    published_at = decode_body(element)[2]
+                except msgspec.DecodeError:
                     continue
                 lag = lags[index]
                 lags[index] = LiteTopicLag(
@@ -157,8 +244,26 @@ class RedisLiteTopics:
         return LiteTopicsStats(topics, subscriptions, backlog, [lags[i] for i in ranked])
 
 
-def _pairs(flat: Sequence[Any]) -> list[tuple[Any, Any]]:
-    return list(zip(flat[::2], flat[1::2], strict=True))
+def _list_key(meta: bytes) -> bytes:
+    tag, name = meta.split(b"}:m:", 1)
+    return tag + b"}:d:" + name
+
+
+def _chunks(
+    pending: dict[str, list[tuple[bytes, asyncio.Future[int]]]],
+) -> list[list[tuple[str, list[tuple[bytes, asyncio.Future[int]]]]]]:
+    """*pending* cut into calls of at most PUBLISH_BATCH messages (a topic's own in order)."""
+    calls: list[list[tuple[str, list[tuple[bytes, asyncio.Future[int]]]]]] = [[]]
+    size = 0
+    for lite_topic, items in pending.items():
+        for i in range(0, len(items), PUBLISH_BATCH):
+            part = items[i : i + PUBLISH_BATCH]
+            if size + len(part) > PUBLISH_BATCH and calls[-1]:
+                calls.append([])
+                size = 0
+            calls[-1].append((lite_topic, part))
+            size += len(part)
+    return calls
 
 
 class _Own:
@@ -208,22 +313,37 @@ class RedisLiteMember:
         members[member_id] = self
         task_group.start_soon(self._expiry_loop)
 
-    def _token(self, generation: int) -> str:
-        return f"{self._topics.channel}|{self._id}|{generation}|{self._name}"
+    def _token(self, lite_topic: str, generation: int) -> str:
+        channel = self._topics.channels[partition_of(lite_topic)]
+        return f"{channel}|{self._id}|{generation}|{self._name}"
+
+    def _address(self, lite_topic: str, generation: int) -> bytes:
+        """Where publishes send this subscription's messages: the partition's note channel and
+        the msgpack start of the records (``['D', member, generation, topic``)."""
+        channel = self._topics.channels[partition_of(lite_topic)].encode()
+        prefix = b"\x97" + b"".join(_encode(v) for v in ("D", self._id, generation, lite_topic))
+        return channel + b"\0" + struct.pack(">H", len(prefix)) + prefix
 
     # -- ownership -------------------------------------------------------------------------------
 
     async def subscribe(self, lite_topic: str, start: Start) -> Subscription:
         await self._settle(lite_topic)
         generation = next(self._generations)
-        token = self._token(generation)
+        token = self._token(lite_topic, generation)
         own = _Own(generation, token)
         self._owned[lite_topic] = own  # before the reply: notes may overtake it
         try:
             reply = await self._client.run(
                 LITE_SUBSCRIBE,
                 self._topics.keys(lite_topic),
-                (self._group, token, str(start), self._topics.ttl_ms, lite_topic),
+                (
+                    self._group,
+                    token,
+                    str(start),
+                    self._topics.ttl_ms,
+                    lite_topic,
+                    self._address(lite_topic, generation),
+                ),
             )
         except BaseException:
             # It may have run (its reply lost in a cut) or run later (cancelled while queued):
@@ -247,7 +367,7 @@ class RedisLiteMember:
         with contextlib.suppress(LitechanError):  # the broker is closed: nothing to tell
             return self._client.run_later(
                 LITE_UNSUBSCRIBE,
-                self._topics.keys(lite_topic)[1:],
+                self._topics.keys(lite_topic)[:1],
                 (self._group, token),
                 persistent=True,
             )
@@ -273,9 +393,11 @@ class RedisLiteMember:
         self._closed = True
         self._members.pop(self._id, None)
         self._timer.set()
-        acks = [batch.wait() for topic in list(self._acks) if (batch := self._flush_acks(topic))]
-        if acks:
-            await self._client.bounded(asyncio.gather(*acks, return_exceptions=True))
+        batches = list(self._acks.values())
+        self._flush_all_acks()
+        if batches:
+            waits = [batch.wait() for batch in batches]
+            await self._client.bounded(asyncio.gather(*waits, return_exceptions=True))
         owned, self._owned = self._owned, {}
         calls = [self._give_up(topic, own.token) for topic, own in owned.items()]
         pending = [call for call in calls if call is not None]
@@ -297,9 +419,10 @@ class RedisLiteMember:
 
     # -- notes (called by the backend's pub/sub reader) ------------------------------------------
 
-    def on_data(
-        self, lite_topic: str, generation: int, epoch: str, offset: int, body: bytes
+    def on_records(
+        self, lite_topic: str, generation: int, epoch: str, first: int, bodies: list[Any]
     ) -> None:
+        """A note brought the messages *first*, *first* + 1, ... of *lite_topic*."""
         own = self._owned.get(lite_topic)
         if own is None or own.generation != generation:
             return
@@ -308,18 +431,18 @@ class RedisLiteMember:
         own.epoch = epoch
         own.seen = anyio.current_time()
         cache = own.cache
-        if offset == own.hi + 1:
-            try:
-                payload, headers, published_at = decode_lite(body)
-            except msgspec.DecodeError:
-                cache.clear()  # let the fetch read it from the stream and dead-letter it
-            else:
-                cache.append((offset, payload, headers, published_at))
-                if len(cache) > self._topics.cache_max:
-                    cache.popleft()
-        elif offset > own.hi + 1:
-            cache.clear()  # notes were lost: what is missing is read from the stream
-        own.hi = max(own.hi, offset)
+        if first > own.hi + 1:
+            cache.clear()  # notes were lost: what is missing is read from the list
+        last = first + len(bodies) - 1
+        if last > own.hi:
+            offset = first
+            for payload, headers, published_at in bodies:
+                if offset > own.hi:
+                    cache.append((offset, payload, headers, published_at))
+                offset += 1
+            while len(cache) > self._topics.cache_max:
+                cache.popleft()
+            own.hi = last
         self._listener.on_data(lite_topic)
 
     def on_revoked(self, lite_topic: str, generation: int) -> None:
@@ -366,7 +489,7 @@ class RedisLiteMember:
             reason = EndReason.EXPIRED if own.epoch and epoch != own.epoch else EndReason.REVOKED
             self._owned.pop(lite_topic, None)
             return LiteBatch("", (), from_offset, ended=reason)
-        epoch, last, first, acked_csv, entries = reply
+        epoch, last, first, acked_csv, elements = reply
         epoch = epoch.decode()
         if not epoch:
             return LiteBatch("", (), from_offset)
@@ -382,34 +505,34 @@ class RedisLiteMember:
             gap = first - from_offset - sum(1 for o in acked if from_offset <= o < first)
             from_offset = first
         records: list[LiteRecord] = []
-        next_offset = from_offset
-        for entry_id, fields in entries:
-            offset = int(entry_id.split(b"-")[1])
-            next_offset = offset + 1
+        for offset, element in enumerate(elements, from_offset):
             if offset in acked:
                 continue
-            record = self._decode(lite_topic, offset, fields)
+            record = self._decode(lite_topic, offset, element)
             if record is None:
                 self._queue_ack(lite_topic, epoch, own.generation, offset)
             else:
                 records.append(record)
+        next_offset = from_offset + len(elements)
         return LiteBatch(epoch, records, next_offset, next_offset <= last, gap)
 
-    def _decode(self, lite_topic: str, offset: int, fields: list[bytes]) -> LiteRecord | None:
+    def _decode(self, lite_topic: str, offset: int, element: bytes) -> LiteRecord | None:
         try:
-            payload, headers, published_at = decode_lite(entry_body(fields))
+            payload, headers, published_at = decode_body(element)
         except msgspec.DecodeError as exc:
-            logger.warning(
-                "litechan.lite.corrupt_entry",
-                parent=self._topics.spec.parent,
-                lite_topic=lite_topic,
-                offset=offset,
-                error=str(exc),
-                fields=[f[:64] for f in fields[:8]],
-                hint="an entry not written by litechan was skipped (and settled)",
-            )
-            return None
-        return (offset, payload, headers, published_at)
+            problem = str(exc)
+        else:
+            return (offset, payload, headers, published_at)
+        logger.warning(
+            "litechan.lite.corrupt_entry",
+            parent=self._topics.spec.parent,
+            lite_topic=lite_topic,
+            offset=offset,
+            error=problem,
+            element=element[:64],
+            hint="an element not written by litechan was skipped (and settled)",
+        )
+        return None
 
     # -- acks --------------------------------------------------------------------------------------
 
@@ -435,25 +558,42 @@ class RedisLiteMember:
     def _flush_acks(self, lite_topic: str) -> AckBatch | None:
         """Send *lite_topic*'s pending acks as one call; return their batch (None: nothing)."""
         batch = self._acks.pop(lite_topic, None)
-        if batch is None:
-            return None
-        own = self._owned.get(lite_topic)
-        token = own.token if own is not None and own.generation == batch.generation else None
-        if token is None:
-            batch.done(None)  # ownership ended here: the acks are no-ops (G4)
-            return batch
-        self._client.run_soon(
-            LITE_ACK,
-            self._topics.keys(lite_topic),
-            (self._group, token, batch.tag, *batch.offsets),
-            on_done=batch.done,
-        )
+        if batch is not None:
+            self._send_acks([(lite_topic, batch)])
         return batch
 
     def _flush_all_acks(self) -> None:
+        """Send every pending ack: one call per partition (a hook, right before a batch)."""
         self._hooked = False
-        for topic in list(self._acks):
-            self._flush_acks(topic)
+        if not self._acks:
+            return
+        acks, self._acks = self._acks, {}
+        by_partition: dict[int, list[tuple[str, AckBatch]]] = {}
+        for lite_topic, batch in acks.items():
+            by_partition.setdefault(partition_of(lite_topic), []).append((lite_topic, batch))
+        for batches in by_partition.values():
+            self._send_acks(batches)
+
+    def _send_acks(self, batches: list[tuple[str, AckBatch]]) -> None:
+        keys: list[Arg] = []
+        args: list[Arg] = [self._group]
+        sent: list[AckBatch] = []
+        for lite_topic, batch in batches:
+            own = self._owned.get(lite_topic)
+            if own is None or own.generation != batch.generation:
+                batch.done(None)  # ownership ended here: the acks are no-ops (G4)
+                continue
+            keys.append(self._topics.keys(lite_topic)[0])
+            args += (own.token, batch.tag, len(batch.offsets), *batch.offsets)
+            sent.append(batch)
+        if not sent:
+            return
+
+        def done(outcome: Any) -> None:
+            for batch in sent:
+                batch.done(outcome if isinstance(outcome, BaseException) else None)
+
+        self._client.run_soon(LITE_ACK, keys, args, on_done=done)
 
     # -- expiry and reconciliation -----------------------------------------------------------------
 
@@ -513,8 +653,14 @@ class RedisLiteMember:
             LITE_KEEP,
             (
                 (
-                    self._topics.keys(t)[1:],
-                    (self._group, own.token, self._topics.ttl_ms, own.epoch),
+                    self._topics.keys(t),
+                    (
+                        self._group,
+                        own.token,
+                        self._topics.ttl_ms,
+                        own.epoch,
+                        self._address(t, own.generation),
+                    ),
                 )
                 for t, own in live
             ),

@@ -61,6 +61,7 @@ class Notes:
         self._on_note = on_note
         self._on_connect = on_connect
         self._handlers: dict[bytes, list[Callable[[bytes], None]]] = {}
+        self._sharded: set[bytes] = set()  # channels scripts publish to with SPUBLISH
         self._subscribed: set[bytes] = set()  # the channels the link was opened with
         self._wire: Wire | None = None
         self._closed = False
@@ -94,12 +95,21 @@ class Notes:
             wire.close()
         self._release_waiters()
 
-    async def listen(self, channel: str, handler: Callable[[bytes], None]) -> None:
-        """Call *handler* with each message published to *channel* (until :meth:`forget`)."""
-        handlers = self._handlers.setdefault(channel.encode(), [])
+    async def listen(
+        self, channel: str, handler: Callable[[bytes], None], *, sharded: bool = False
+    ) -> None:
+        """Call *handler* with each message published to *channel* (until :meth:`forget`).
+
+        A *sharded* channel is one scripts publish to with ``SPUBLISH`` on Redis 7 (a slot
+        partition's); it is subscribed with ``SSUBSCRIBE`` there, with ``SUBSCRIBE`` on 6.2.
+        """
+        key = channel.encode()
+        handlers = self._handlers.setdefault(key, [])
         handlers.append(handler)
+        if sharded:
+            self._sharded.add(key)
         if len(handlers) == 1:
-            await self._send(pack(("SUBSCRIBE", channel)))
+            await self._send(self._subscribe(key))
 
     async def forget(self, channel: str, handler: Callable[[bytes], None]) -> None:
         """Stop calling *handler* for *channel*."""
@@ -109,7 +119,13 @@ class Notes:
             handlers.remove(handler)
             if not handlers:
                 del self._handlers[key]
-                await self._send(pack(("UNSUBSCRIBE", channel)))
+                sharded = key in self._sharded and self._client.sharded
+                self._sharded.discard(key)
+                await self._send(pack(("SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE", channel)))
+
+    def _subscribe(self, channel: bytes) -> bytes:
+        sharded = channel in self._sharded and self._client.sharded
+        return pack(("SSUBSCRIBE" if sharded else "SUBSCRIBE", channel))
 
     async def sync(self) -> None:
         """Return once every note published to this broker before the call was handled: a
@@ -133,9 +149,9 @@ class Notes:
     async def _open(self) -> Wire:
         wire = await self._client.open()
         try:
-            channels = [self._channel, *(c.decode() for c in self._handlers)]
-            self._subscribed = {c.encode() for c in channels}
-            await wire.write(pack(("SUBSCRIBE", *channels)))
+            channels = [self._channel.encode(), *self._handlers]
+            self._subscribed = set(channels)
+            await wire.write(b"".join(self._subscribe(channel) for channel in channels))
             with anyio.fail_after(self._client.options.socket_timeout):
                 replies = [await wire.read() for _ in channels]
         except BaseException:
@@ -154,9 +170,9 @@ class Notes:
                 if wire is None:
                     wire = await self._open()
                     self._wire = wire
-                    late = [c.decode() for c in self._handlers if c not in self._subscribed]
+                    late = [c for c in self._handlers if c not in self._subscribed]
                     if late:  # listen() was called while the link was being built
-                        await wire.write(pack(("SUBSCRIBE", *late)))
+                        await wire.write(b"".join(self._subscribe(c) for c in late))
                     await self._on_connect(False)  # reconcile what was missed
                     self.live = True
                     self._release_waiters()
@@ -215,7 +231,7 @@ class Notes:
                     if event is not None:
                         event.set()
                 continue
-            if kind != b"message":
+            if kind != b"message" and kind != b"smessage":
                 continue  # (un)subscribe confirmations
             channel = reply[1]
             try:

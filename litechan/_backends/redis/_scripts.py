@@ -38,6 +38,7 @@ __all__ = [
     "LITE_PUBLISH",
     "LITE_SUBSCRIBE",
     "LITE_UNSUBSCRIBE",
+    "NAMESPACE",
     "ORDERED_ACK",
     "ORDERED_CLAIM",
     "ORDERED_FETCH",
@@ -99,47 +100,142 @@ return redis.call('GET', KEYS[1])
     flags="allow-oom",
 )
 
-# -- lite topics ---------------------------------------------------------------------------------
+# -- lite topics (layout 2) -----------------------------------------------------------------------
+#
+# A parent's lite topics are spread over slot partitions (``_slots``); every key of a partition
+# shares its hash tag. A lite topic is a list of messages ``{TAG}:d:TOPIC`` (each element the
+# msgpack ``[payload, headers, published_at]`` the client encoded; its offset is its place) and a
+# hash ``{TAG}:m:TOPIC``: ``e`` epoch (16 characters), ``f`` first retained offset (the last is
+# ``f + LLEN - 1``), ``x`` when the TTL was last refreshed; per group G: ``o:G`` owner token,
+# ``p:G`` the owner's note address, ``c:G`` committed offset, ``a:G`` acks above it; and ``p``,
+# every owner's note address joined, which is all a publish reads of the owners.
+#
+# A note address is ``CHANNEL \0 len(PREFIX) PREFIX``: the owner's broker channel of the
+# partition, ``{TAG}:n:BROKER``, and the msgpack start of its records, ``['D', member,
+# generation, topic`` (encoded by the client at subscribe time). Notes go out with SPUBLISH on
+# Redis 7 (sharded: a script may publish only in its own slot, which a cluster needs) and PUBLISH
+# on 6.2 (``@PUBLISH@``). A note is a msgpack array of records: ``['D', member, generation,
+# topic, epoch, first offset, [body, ...]]`` (one per topic and call) and ``['R', member,
+# generation, topic]`` (the topic was taken over).
 
-# KEYS: stream, meta. ARGV: body, ttl_ms, max_len, new_epoch, topic.
-# Returns {offset, epoch}.
+# Helpers: the msgpack header of an array of n elements; msgpack uint of an offset; `p` rebuilt
+# from the p:G fields.
+_LITE_HELPERS: Final = """
+local function array_header(n)
+  if n < 16 then return string.char(144 + n) end
+  if n < 65536 then return '\\220' .. struct.pack('>I2', n) end
+  return '\\221' .. struct.pack('>I4', n)
+end
+local function uint(n)
+  if n < 4294967296 then return '\\206' .. struct.pack('>I4', n) end
+  return '\\207' .. struct.pack('>I4I4', math.floor(n / 4294967296), n % 4294967296)
+end
+local function owners_changed(meta)
+  local fields = redis.call('HGETALL', meta)
+  local parts = {}
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'p:' then parts[#parts + 1] = fields[i + 1] end
+  end
+  if #parts > 0 then
+    redis.call('HSET', meta, 'p', table.concat(parts))
+  else
+    redis.call('HDEL', meta, 'p')
+  end
+end
+"""
+
+# KEYS: meta and list of each topic of the call (2 per topic, one partition).
+# ARGV: ttl_ms, max_len, epoch seed (12 characters), then per topic: name, count, and `count`
+# message bodies. Appends every message, trims to max_len, and sends each owner one note for the
+# whole call (one record per topic). The keys' TTL is set to 1.1 x ttl and refreshed only once
+# ttl/10 has passed since it last was (field x): a topic is deleted between ttl and 1.1 x ttl
+# after its last publish, and a burst of publishes costs no PEXPIRE. Elements another program
+# pushed take offsets (they are skipped when read). Returns the offsets, in argument order.
 LITE_PUBLISH: Final = Script(
     "lite_publish",
-    _APPEND
-    + _NOTIFY
+    _LITE_HELPERS
     + """
-local stream, meta = KEYS[1], KEYS[2]
-local e = redis.call('HGET', meta, 'e')
-if not e then
-  e = ARGV[4]
-  redis.call('HSET', meta, 'e', e)
+local ttl, maxlen, seed = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local slack = math.floor(ttl / 10)
+local out, notes, counts = {}, {}, {}
+local a = 4
+for t = 1, #KEYS / 2 do
+  local meta, data = KEYS[2 * t - 1], KEYS[2 * t]
+  local c = tonumber(ARGV[a + 1])
+  local e, f, x, p = unpack(redis.call('HMGET', meta, 'e', 'f', 'x', 'p'))
+  local fresh = not e
+  if fresh then
+    e, f = seed .. string.format('%04x', t % 65536), 1
+  else
+    f = tonumber(f)
+  end
+  local len
+  for i = 0, c - 1, 1000 do
+    len = redis.call('RPUSH', data, unpack(ARGV, a + 2 + i, a + 1 + math.min(i + 1000, c)))
+  end
+  local n = f + len - 1
+  local first = n - c + 1
+  if len > maxlen then
+    redis.call('LTRIM', data, len - maxlen, -1)
+    f = n - maxlen + 1
+    redis.call('HSET', meta, 'f', f)
+  end
+  if fresh or now - tonumber(x) > slack then
+    redis.call('HSET', meta, 'e', e, 'f', f, 'x', now)
+    redis.call('PEXPIRE', meta, ttl + slack)
+    redis.call('PEXPIRE', data, ttl + slack)
+  end
+  for i = 0, c - 1 do out[#out + 1] = first + i end
+  if p then
+    local tail = '\\176' .. e .. uint(first) .. array_header(c)
+    local pos = 1
+    while pos <= #p do
+      local zero = string.find(p, '\\0', pos, true)
+      local ch = string.sub(p, pos, zero - 1)
+      local size = struct.unpack('>I2', p, zero + 1)
+      local parts = notes[ch]
+      if not parts then
+        parts = {}
+        notes[ch], counts[ch] = parts, 0
+      end
+      parts[#parts + 1] = string.sub(p, zero + 3, zero + 2 + size)
+      parts[#parts + 1] = tail
+      for i = a + 2, a + 1 + c do parts[#parts + 1] = ARGV[i] end
+      counts[ch] = counts[ch] + 1
+      pos = zero + 3 + size
+    end
+  end
+  a = a + 2 + c
 end
-local n, err = append(stream, meta, ARGV[3], ARGV[1])
-if not n then return redis.error_reply(err) end
-redis.call('PEXPIRE', stream, ARGV[2])
-redis.call('PEXPIRE', meta, ARGV[2])
-notify(meta, 'D', ARGV[5] .. '|' .. e .. '|' .. n .. '|' .. ARGV[1])
-return {n, e}
+for ch, parts in pairs(notes) do
+  redis.call('@PUBLISH@', ch, array_header(counts[ch]) .. table.concat(parts))
+end
+return out
 """,
     flags="",
 )
 
-# KEYS: stream, meta. ARGV: group, token, start ('committed'|'earliest'|'latest'|offset),
-# ttl_ms, topic. Takes ownership for the group, revoking the previous owner (a note to it).
-# Returns {epoch or '', next_offset, last_offset, pttl_ms}.
+# KEYS: meta, list. ARGV: group, token, start ('committed'|'earliest'|'latest'|offset), ttl_ms,
+# topic, note address. Takes ownership for the group, revoking the previous owner (a note to
+# it). Returns {epoch or '', next_offset, last_offset, pttl_ms}.
 LITE_SUBSCRIBE: Final = Script(
     "lite_subscribe",
-    """
-local stream, meta, g, token, start = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
+    _LITE_HELPERS
+    + """
+local meta, data, g, token, start = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
 local prev = redis.call('HGET', meta, 'o:' .. g)
-redis.call('HSET', meta, 'o:' .. g, token)
+redis.call('HSET', meta, 'o:' .. g, token, 'p:' .. g, ARGV[6])
+owners_changed(meta)
 if prev and prev ~= token then
   local ch, member, gen = string.match(prev, '^([^|]*)|([^|]*)|([^|]*)|')
   if ch then
-    redis.call('PUBLISH', ch, 'R|' .. member .. '|' .. gen .. '|' .. ARGV[5])
+    local record = '\\148' .. cmsgpack.pack('R', member, tonumber(gen), ARGV[5])
+    redis.call('@PUBLISH@', ch, '\\145' .. record)
   end
 end
-local e = redis.call('HGET', meta, 'e')
+local e, f = unpack(redis.call('HMGET', meta, 'e', 'f'))
 if not e then
   -- No such lite topic yet: the subscription waits for the first publish. It expires like a
   -- topic unless its subscriber refreshes it (a crashed subscriber leaves nothing behind).
@@ -147,8 +243,8 @@ if not e then
   local nxt = tonumber(start) or 1
   return {'', nxt, 0, redis.call('PTTL', meta)}
 end
-local n = tonumber(redis.call('HGET', meta, 'n')) or 0
-local first = n - redis.call('XLEN', stream) + 1
+local first = tonumber(f)
+local n = first + redis.call('LLEN', data) - 1
 local nxt
 if start == 'committed' then
   local c = redis.call('HGET', meta, 'c:' .. g)
@@ -179,97 +275,136 @@ return {e, nxt, n, redis.call('PTTL', meta)}
 # KEYS: meta. ARGV: group, token. Gives up ownership if still held.
 LITE_UNSUBSCRIBE: Final = Script(
     "lite_unsubscribe",
-    """
+    _LITE_HELPERS
+    + """
 if redis.call('HGET', KEYS[1], 'o:' .. ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], 'o:' .. ARGV[1])
+  redis.call('HDEL', KEYS[1], 'o:' .. ARGV[1], 'p:' .. ARGV[1])
+  owners_changed(KEYS[1])
 end
 return 1
 """,
     flags="allow-oom",
 )
 
-# KEYS: meta. ARGV: group, token, ttl_ms, known epoch ('' if none yet). Checks a subscription
-# and renews one that waits for its topic's first publish.
+# KEYS: meta, list. ARGV: group, token, ttl_ms, known epoch ('' if none yet), note address.
+# Checks a subscription and renews one that waits for its topic's first publish.
 # Returns {owned(1|0), epoch, pttl, last offset}.
 LITE_KEEP: Final = Script(
     "lite_keep",
-    """
-local meta, g, token = KEYS[1], ARGV[1], ARGV[2]
-local o, e, n = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'n'))
+    _LITE_HELPERS
+    + """
+local meta, data, g, token = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local o, e, f = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'f'))
 if not e and ARGV[4] == '' and (not o or o == token) then
-  redis.call('HSET', meta, 'o:' .. g, token)
+  if not o then
+    redis.call('HSET', meta, 'o:' .. g, token, 'p:' .. g, ARGV[5])
+    owners_changed(meta)
+  end
   redis.call('PEXPIRE', meta, ARGV[3])
   return {1, '', redis.call('PTTL', meta), 0}
 end
-return {o == token and 1 or 0, e or '', redis.call('PTTL', meta), tonumber(n) or 0}
+local n = 0
+if e then n = tonumber(f) + redis.call('LLEN', data) - 1 end
+return {o == token and 1 or 0, e or '', redis.call('PTTL', meta), n}
 """,
     flags="allow-oom",
 )
 
-# KEYS: stream, meta. ARGV: group, token, from, max. Returns {'R', epoch} when the token no
-# longer owns the topic, else {epoch, last, first, acked_csv, entries}.
+# KEYS: meta, list. ARGV: group, token, from, max. Returns {'R', epoch} when the token no
+# longer owns the topic, else {epoch, last, first, acked_csv, elements from `from` on}.
 LITE_FETCH: Final = Script(
     "lite_fetch",
     """
-local stream, meta, g = KEYS[1], KEYS[2], ARGV[1]
-local o, e, n, a = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'n', 'a:' .. g))
+local meta, data, g = KEYS[1], KEYS[2], ARGV[1]
+local o, e, f, a = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'f', 'a:' .. g))
 if o ~= ARGV[2] then return {'R', e or ''} end
 if not e then return {'', 0, 1, '', {}} end
-n = tonumber(n) or 0
-local first = n - redis.call('XLEN', stream) + 1
+local first = tonumber(f)
+local n = first + redis.call('LLEN', data) - 1
 local from = math.max(tonumber(ARGV[3]), first)
-local entries = {}
+local elements = {}
 if from <= n then
-  entries = redis.call('XRANGE', stream, '0-' .. from, '0-' .. n, 'COUNT', ARGV[4])
+  local last = math.min(n, from + tonumber(ARGV[4]) - 1)
+  elements = redis.call('LRANGE', data, from - first, last - first)
 end
-return {e, n, first, a or '', entries}
+return {e, n, first, a or '', elements}
 """,
     flags="no-writes",
 )
 
-# KEYS: stream, meta. ARGV: group, token, epoch, offset... Settles offsets for the group
-# (fenced by token and epoch); out-of-order acks are kept in field a:GROUP until the gap fills.
+# KEYS: the meta of each topic of the call (one partition). ARGV: group, then per topic: token,
+# epoch, count, and `count` offsets. Settles offsets for the group, each topic fenced by token
+# and epoch; out-of-order acks are kept in field a:GROUP until the gap fills. Returns one result
+# per topic: 1 applied, 0 fenced.
 LITE_ACK: Final = Script(
     "lite_ack",
     """
-local stream, meta, g = KEYS[1], KEYS[2], ARGV[1]
-local o, e, c, a, n = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'c:' .. g, 'a:' .. g, 'n'))
-if o ~= ARGV[2] or e ~= ARGV[3] then return 0 end
-if not a and #ARGV == 4 and c and c ~= '' and tonumber(ARGV[4]) == tonumber(c) + 1 then
-  -- the common case: one ack, in order (trimming can only have moved the start below it)
-  redis.call('HSET', meta, 'c:' .. g, ARGV[4])
-  return 1
-end
-local first = (tonumber(n) or 0) - redis.call('XLEN', stream) + 1
-local base = math.max(tonumber(c) or 0, first - 1)
-local acked = {}
-if a then
-  for off in string.gmatch(a, '%d+') do acked[tonumber(off)] = true end
-end
-for i = 4, #ARGV do
-  local off = tonumber(ARGV[i])
-  if off == base + 1 then
-    base = off
-  elseif off > base then
-    acked[off] = true
+local g = ARGV[1]
+local out = {}
+local a = 2
+for t = 1, #KEYS do
+  local meta = KEYS[t]
+  local token, epoch, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local first_arg, last_arg = a + 3, a + 2 + count
+  a = last_arg + 1
+  local o, e, c, ac = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'c:' .. g, 'a:' .. g))
+  if o ~= token or e ~= epoch then
+    out[t] = 0
+  elseif not ac and count == 1 and c and c ~= '' and tonumber(ARGV[first_arg]) == c + 1 then
+    -- the common case: one ack, in order, nothing acked above it
+    redis.call('HSET', meta, 'c:' .. g, ARGV[first_arg])
+    out[t] = 1
+  else
+    local f = redis.call('HGET', meta, 'f')
+    local base = math.max(tonumber(c) or 0, (tonumber(f) or 1) - 1)
+    local acked = {}
+    if ac then
+      for off in string.gmatch(ac, '%d+') do acked[tonumber(off)] = true end
+    end
+    for i = first_arg, last_arg do
+      local off = tonumber(ARGV[i])
+      if off == base + 1 then
+        base = off
+      elseif off > base then
+        acked[off] = true
+      end
+    end
+    while acked[base + 1] do
+      base = base + 1
+      acked[base] = nil
+    end
+    redis.call('HSET', meta, 'c:' .. g, base)
+    local rest = {}
+    for off in pairs(acked) do
+      if off > base then rest[#rest + 1] = off end
+    end
+    if #rest > 0 then
+      table.sort(rest)
+      redis.call('HSET', meta, 'a:' .. g, table.concat(rest, ','))
+    elseif ac then
+      redis.call('HDEL', meta, 'a:' .. g)
+    end
+    out[t] = 1
   end
 end
-while acked[base + 1] do
-  base = base + 1
-  acked[base] = nil
+return out
+""",
+    flags="allow-oom",
+)
+
+# KEYS: the namespace's world marker and layout marker (one hash tag). ARGV: a new world
+# marker, this version's layout. Records the layout of a new namespace. Returns
+# {layout, world marker}.
+NAMESPACE: Final = Script(
+    "namespace",
+    """
+local layout = redis.call('GET', KEYS[2])
+if not layout then
+  redis.call('SET', KEYS[2], ARGV[2])
+  layout = ARGV[2]
 end
-redis.call('HSET', meta, 'c:' .. g, base)
-local rest = {}
-for off in pairs(acked) do
-  if off > base then rest[#rest + 1] = off end
-end
-if #rest > 0 then
-  table.sort(rest)
-  redis.call('HSET', meta, 'a:' .. g, table.concat(rest, ','))
-elseif a then
-  redis.call('HDEL', meta, 'a:' .. g)
-end
-return 1
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return {layout, redis.call('GET', KEYS[1])}
 """,
     flags="allow-oom",
 )
@@ -522,6 +657,7 @@ return #redo
 
 SCRIPTS: Final = (
     SPEC,
+    NAMESPACE,
     LITE_PUBLISH,
     LITE_SUBSCRIBE,
     LITE_UNSUBSCRIBE,
