@@ -28,8 +28,8 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import random
 import secrets
-import struct
 import zlib
 from collections import deque
 from typing import Any, Final
@@ -122,6 +122,7 @@ class RedisLiteTopics:
         self.client = client
         self.spec = spec
         self.tags = partition_tags(f"{namespace}:l:{spec.parent}", PARTITIONS)
+        self.broker_id = broker_id
         #: This broker's note channel in each partition (written in its owner tokens).
         self.channels = tuple(f"{tag}:n:{broker_id}" for tag in self.tags)
         self.ttl_ms = max(1, round(spec.ttl * 1000))
@@ -131,6 +132,8 @@ class RedisLiteTopics:
             {} for _ in range(PARTITIONS)
         ]
         self._hooked = False
+        #: Epoch seeds: unpredictable enough to tell incarnations apart, without a syscall each.
+        self._random = random.Random(secrets.randbits(64))
 
     def keys(self, lite_topic: str) -> tuple[str, str]:
         """meta hash, message list."""
@@ -156,11 +159,11 @@ class RedisLiteTopics:
 
     def _send(self, chunk: list[tuple[str, list[tuple[bytes, asyncio.Future[int]]]]]) -> None:
         keys: list[Arg] = []
-        args: list[Arg] = [self.ttl_ms, self.spec.max_len, secrets.token_hex(6)]
+        args: list[Arg] = [self.ttl_ms, self.spec.max_len, f"{self._random.getrandbits(48):012x}"]
         futures: list[asyncio.Future[int]] = []
         for lite_topic, items in chunk:
             keys.extend(self.keys(lite_topic))
-            args.append(lite_topic)
+            args.append(_encode(lite_topic))
             args.append(len(items))
             args.extend(body for body, _ in items)
             futures.extend(future for _, future in items)
@@ -204,7 +207,9 @@ class RedisLiteTopics:
             info = dict(zip(fields[::2], fields[1::2], strict=True))
             name = meta.split(b"}:m:", 1)[1].decode()
             owners = {
-                k[2:].decode(): v.split(b"|")[3].decode() for k, v in info.items() if k[:2] == b"o:"
+                k[2:].decode(): v.split(b"|", 2)[2].decode()
+                for k, v in info.items()
+                if k[:2] == b"o:"
             }
             subscriptions += len(owners)
             if b"e" not in info:
@@ -294,6 +299,9 @@ class RedisLiteMember:
         task_group: anyio.abc.TaskGroup,
         fence: Fence,
     ) -> None:
+        # Note addresses rely on this shape: a short id that starts with the broker's.
+        assert member_id.startswith(topics.broker_id + "."), member_id
+        assert len(member_id) < 32, member_id
         self._topics = topics
         self._client = topics.client
         self._group = group
@@ -309,27 +317,26 @@ class RedisLiteMember:
         self._timer = anyio.Event()
         self._closed = False
         self._ttl = topics.spec.ttl
+        self._now = asyncio.get_running_loop().time  # anyio.current_time(), without its lookups
         self.fence = fence
         members[member_id] = self
         task_group.start_soon(self._expiry_loop)
 
-    def _token(self, lite_topic: str, generation: int) -> str:
-        channel = self._topics.channels[partition_of(lite_topic)]
-        return f"{channel}|{self._id}|{generation}|{self._name}"
+    def _token(self, generation: int) -> str:
+        return f"{self._id}|{generation}|{self._name}"
 
-    def _address(self, lite_topic: str, generation: int) -> bytes:
-        """Where publishes send this subscription's messages: the partition's note channel and
-        the msgpack start of the records (``['D', member, generation, topic``)."""
-        channel = self._topics.channels[partition_of(lite_topic)].encode()
-        prefix = b"\x97" + b"".join(_encode(v) for v in ("D", self._id, generation, lite_topic))
-        return channel + b"\0" + struct.pack(">H", len(prefix)) + prefix
+    def _address(self, generation: int) -> bytes:
+        """Where publishes send this subscription's messages: the msgpack start of its records,
+        ``['D', member, generation`` (the member id starts with this broker's id, which names
+        the broker's note channel in each partition)."""
+        return b"\x97\xa1D" + _encode(self._id) + _encode(generation)
 
     # -- ownership -------------------------------------------------------------------------------
 
     async def subscribe(self, lite_topic: str, start: Start) -> Subscription:
         await self._settle(lite_topic)
         generation = next(self._generations)
-        token = self._token(lite_topic, generation)
+        token = self._token(generation)
         own = _Own(generation, token)
         self._owned[lite_topic] = own  # before the reply: notes may overtake it
         try:
@@ -341,8 +348,8 @@ class RedisLiteMember:
                     token,
                     str(start),
                     self._topics.ttl_ms,
-                    lite_topic,
-                    self._address(lite_topic, generation),
+                    _encode(lite_topic),
+                    self._address(generation),
                 ),
             )
         except BaseException:
@@ -429,7 +436,7 @@ class RedisLiteMember:
         if own.epoch and own.epoch != epoch:
             return  # a note of an incarnation we no longer own (cannot happen; be safe)
         own.epoch = epoch
-        own.seen = anyio.current_time()
+        own.seen = self._now()
         cache = own.cache
         if first > own.hi + 1:
             cache.clear()  # notes were lost: what is missing is read from the list
@@ -659,7 +666,7 @@ class RedisLiteMember:
                         own.token,
                         self._topics.ttl_ms,
                         own.epoch,
-                        self._address(t, own.generation),
+                        self._address(own.generation),
                     ),
                 )
                 for t, own in live

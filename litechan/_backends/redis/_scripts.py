@@ -1,19 +1,22 @@
 """The Lua scripts of the Redis backend.
 
-Every script touches the keys of ONE hash slot: a lite topic's stream and meta hash share the
-hash tag ``{ns:l:PARENT:TOPIC}``; a partition's stream, meta hash, per-group state, pending
-deliveries, redelivery queue, dead letters and dedupe records share ``{ns:o:TOPIC:P}``. Work that
-spans slots (membership of a group, notifying a subscriber in another process) is done with
-separate commands, and PUBLISH, which is not bound to a slot on a plain server.
+Every script touches the keys of ONE hash slot: the lite topics of a parent are grouped into slot
+partitions whose keys share a hash tag (``{ns:l:PARENT:P.S}``, see ``_slots``), and a script call
+carries the work of one partition; an ordered topic's partition keeps its stream, meta hash,
+per-group state, pending deliveries, redelivery queue, dead letters and dedupe records under
+``{ns:o:TOPIC:P}``. Work that spans slots (membership of a group) is done with separate commands.
+Notes to another process go out from inside the script: lite notes on a channel of the
+partition's own slot (SPUBLISH on Redis 7), ordered ones with PUBLISH.
 
-Offsets are stream ids ``0-OFFSET``: reading from an offset is an XRANGE, and the first retained
-offset is ``last - XLEN + 1``. An entry another program added with an id that fits the sequence
-takes an offset (it is dead-lettered when read); one that does not fit stops writes to that
-stream with a ``LITECHAN_FOREIGN_ID`` error instead of corrupting offsets.
+Ordered offsets are stream ids ``0-OFFSET``: reading from an offset is an XRANGE, and the first
+retained offset is ``last - XLEN + 1``. An entry another program added with an id that fits the
+sequence takes an offset (it is dead-lettered when read); one that does not fit stops writes to
+that stream with a ``LITECHAN_FOREIGN_ID`` error instead of corrupting offsets. A lite topic is a
+list: an offset is a place in it, counted from the first retained offset.
 
-Owner tokens are ``CHANNEL|MEMBER|GENERATION|NAME``: the channel to notify, the member and its
-ownership generation (fencing, G4), and the consumer's name for stats. Notes published to a
-channel are ``|``-separated and end with the raw entry body.
+Ordered owner tokens are ``CHANNEL|MEMBER|GENERATION|NAME``: the channel to notify, the member and
+its ownership generation (fencing, G4), and the consumer's name for stats; their notes are
+``|``-separated. Lite owner tokens are ``MEMBER|GENERATION|NAME``, and lite notes are msgpack.
 
 Any script's reply can be lost in a cut, after it ran; the client then runs it again. Each one is
 therefore idempotent (subscribe, acks, leases, release, recover), at-least-once by contract
@@ -106,30 +109,49 @@ return redis.call('GET', KEYS[1])
 # shares its hash tag. A lite topic is a list of messages ``{TAG}:d:TOPIC`` (each element the
 # msgpack ``[payload, headers, published_at]`` the client encoded; its offset is its place) and a
 # hash ``{TAG}:m:TOPIC``: ``e`` epoch (16 characters), ``f`` first retained offset (the last is
-# ``f + LLEN - 1``), ``x`` when the TTL was last refreshed; per group G: ``o:G`` owner token,
-# ``p:G`` the owner's note address, ``c:G`` committed offset, ``a:G`` acks above it; and ``p``,
-# every owner's note address joined, which is all a publish reads of the owners.
+# ``f + LLEN - 1``), ``x`` when the TTL was last refreshed; per group G: ``o:G`` owner token
+# (``MEMBER|GENERATION|NAME``), ``p:G`` the owner's note address, ``c:G`` committed offset,
+# ``a:G`` acks above it; and ``p``, every owner's note address joined, which is all a publish
+# reads of the owners. Every value stays short, so the hash keeps Redis' compact encoding.
 #
-# A note address is ``CHANNEL \0 len(PREFIX) PREFIX``: the owner's broker channel of the
-# partition, ``{TAG}:n:BROKER``, and the msgpack start of its records, ``['D', member,
-# generation, topic`` (encoded by the client at subscribe time). Notes go out with SPUBLISH on
-# Redis 7 (sharded: a script may publish only in its own slot, which a cluster needs) and PUBLISH
-# on 6.2 (``@PUBLISH@``). A note is a msgpack array of records: ``['D', member, generation,
-# topic, epoch, first offset, [body, ...]]`` (one per topic and call) and ``['R', member,
-# generation, topic]`` (the topic was taken over).
+# A note address is the msgpack start of the owner's records, ``['D', member, generation``
+# (encoded by the client at subscribe time); a member id starts with its broker's id (12
+# characters), and the broker's note channel in the partition is ``{TAG}:n:BROKER``. Notes go
+# out with SPUBLISH on Redis 7 (sharded: a script may publish only in its own slot, which a
+# cluster needs) and PUBLISH on 6.2 (``@PUBLISH@``). A note is a msgpack array of records:
+# ``['D', member, generation, topic, epoch, first offset, [body, ...]]`` (one per topic and call)
+# and ``['R', member, generation, topic]`` (the topic was taken over). Scripts get a topic's
+# name msgpack-encoded by the client, ready to be copied into records.
 
-# Helpers: the msgpack header of an array of n elements; msgpack uint of an offset; `p` rebuilt
-# from the p:G fields.
-_LITE_HELPERS: Final = """
+# Helpers: the msgpack header of an array of n elements; msgpack uint of an offset; where the
+# note address starting at `pos` of `p` ends; the note channel of the broker of the address
+# starting at `pos` of `p`, in the partition of `key`.
+_NOTE_HELPERS: Final = r"""
 local function array_header(n)
   if n < 16 then return string.char(144 + n) end
-  if n < 65536 then return '\\220' .. struct.pack('>I2', n) end
-  return '\\221' .. struct.pack('>I4', n)
+  if n < 65536 then return '\220' .. struct.pack('>I2', n) end
+  return '\221' .. struct.pack('>I4', n)
 end
 local function uint(n)
-  if n < 4294967296 then return '\\206' .. struct.pack('>I4', n) end
-  return '\\207' .. struct.pack('>I4I4', math.floor(n / 4294967296), n % 4294967296)
+  if n < 4294967296 then return '\206' .. struct.pack('>I4', n) end
+  return '\207' .. struct.pack('>I4I4', math.floor(n / 4294967296), n % 4294967296)
 end
+local function address_end(p, pos)
+  local last = pos + string.byte(p, pos + 3) - 157
+  local b = string.byte(p, last + 1)
+  if b < 128 then return last + 1 end
+  if b == 204 then return last + 2 end
+  if b == 205 then return last + 3 end
+  if b == 206 then return last + 5 end
+  return last + 9
+end
+local function channel(key, p, pos)
+  return string.match(key, '^(.-}):') .. ':n:' .. string.sub(p, pos + 4, pos + 15)
+end
+"""
+
+# `p` rebuilt from the p:G fields.
+_OWNERS_CHANGED: Final = r"""
 local function owners_changed(meta)
   local fields = redis.call('HGETALL', meta)
   local parts = {}
@@ -145,26 +167,28 @@ end
 """
 
 # KEYS: meta and list of each topic of the call (2 per topic, one partition).
-# ARGV: ttl_ms, max_len, epoch seed (12 characters), then per topic: name, count, and `count`
-# message bodies. Appends every message, trims to max_len, and sends each owner one note for the
-# whole call (one record per topic). The keys' TTL is set to 1.1 x ttl and refreshed only once
-# ttl/10 has passed since it last was (field x): a topic is deleted between ttl and 1.1 x ttl
-# after its last publish, and a burst of publishes costs no PEXPIRE. Elements another program
-# pushed take offsets (they are skipped when read). Returns the offsets, in argument order.
+# ARGV: ttl_ms, max_len, epoch seed (12 characters), then per topic: name (msgpack), count, and
+# `count` message bodies. Appends every message, trims to max_len, and sends each owner's broker
+# one note for the whole call (one record per topic). The keys' TTL is set to 1.1 x ttl and
+# refreshed only once ttl/10 has passed since it last was (field x): a topic is deleted between
+# ttl and 1.1 x ttl after its last publish, and a burst of publishes costs no PEXPIRE. Elements
+# another program pushed take offsets (they are skipped when read). Returns the offsets, in
+# argument order.
 LITE_PUBLISH: Final = Script(
     "lite_publish",
-    _LITE_HELPERS
-    + """
+    _NOTE_HELPERS
+    + r"""
 local ttl, maxlen, seed = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local slack = math.floor(ttl / 10)
-local out, notes, counts = {}, {}, {}
+local out, notes, sizes, counts, channels = {}, {}, {}, {}, {}
 local a = 4
 for t = 1, #KEYS / 2 do
   local meta, data = KEYS[2 * t - 1], KEYS[2 * t]
   local c = tonumber(ARGV[a + 1])
-  local e, f, x, p = unpack(redis.call('HMGET', meta, 'e', 'f', 'x', 'p'))
+  local state = redis.call('HMGET', meta, 'e', 'f', 'x', 'p')
+  local e, f, x, p = state[1], state[2], state[3], state[4]
   local fresh = not e
   if fresh then
     e, f = seed .. string.format('%04x', t % 65536), 1
@@ -189,28 +213,39 @@ for t = 1, #KEYS / 2 do
   end
   for i = 0, c - 1 do out[#out + 1] = first + i end
   if p then
-    local tail = '\\176' .. e .. uint(first) .. array_header(c)
+    local tail
+    if c < 16 and first < 4294967296 then
+      tail = ARGV[a] .. '\176' .. e .. struct.pack('>BI4B', 206, first, 144 + c)
+    else
+      tail = ARGV[a] .. '\176' .. e .. uint(first) .. array_header(c)
+    end
     local pos = 1
     while pos <= #p do
-      local zero = string.find(p, '\\0', pos, true)
-      local ch = string.sub(p, pos, zero - 1)
-      local size = struct.unpack('>I2', p, zero + 1)
-      local parts = notes[ch]
+      local stop = address_end(p, pos)
+      local broker = string.sub(p, pos + 4, pos + 15)
+      local parts = notes[broker]
       if not parts then
-        parts = {}
-        notes[ch], counts[ch] = parts, 0
+        parts = {''}  -- [1]: the array header, once the count is known
+        notes[broker], sizes[broker], counts[broker] = parts, 1, 0
+        channels[broker] = channel(KEYS[1], p, pos)
       end
-      parts[#parts + 1] = string.sub(p, zero + 3, zero + 2 + size)
-      parts[#parts + 1] = tail
-      for i = a + 2, a + 1 + c do parts[#parts + 1] = ARGV[i] end
-      counts[ch] = counts[ch] + 1
-      pos = zero + 3 + size
+      local k = sizes[broker]
+      if pos == 1 and stop == #p then
+        parts[k + 1] = p  -- one owner, the common case: no copy
+      else
+        parts[k + 1] = string.sub(p, pos, stop)
+      end
+      parts[k + 2] = tail
+      for i = 1, c do parts[k + 2 + i] = ARGV[a + 1 + i] end
+      sizes[broker], counts[broker] = k + 2 + c, counts[broker] + 1
+      pos = stop + 1
     end
   end
   a = a + 2 + c
 end
-for ch, parts in pairs(notes) do
-  redis.call('@PUBLISH@', ch, array_header(counts[ch]) .. table.concat(parts))
+for broker, parts in pairs(notes) do
+  parts[1] = array_header(counts[broker])
+  redis.call('@PUBLISH@', channels[broker], table.concat(parts))
 end
 return out
 """,
@@ -218,22 +253,20 @@ return out
 )
 
 # KEYS: meta, list. ARGV: group, token, start ('committed'|'earliest'|'latest'|offset), ttl_ms,
-# topic, note address. Takes ownership for the group, revoking the previous owner (a note to
-# it). Returns {epoch or '', next_offset, last_offset, pttl_ms}.
+# topic name (msgpack), note address. Takes ownership for the group, revoking the previous owner
+# (a note to it). Returns {epoch or '', next_offset, last_offset, pttl_ms}.
 LITE_SUBSCRIBE: Final = Script(
     "lite_subscribe",
-    _LITE_HELPERS
-    + """
+    _NOTE_HELPERS
+    + _OWNERS_CHANGED
+    + r"""
 local meta, data, g, token, start = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
-local prev = redis.call('HGET', meta, 'o:' .. g)
+local prev, address = unpack(redis.call('HMGET', meta, 'o:' .. g, 'p:' .. g))
 redis.call('HSET', meta, 'o:' .. g, token, 'p:' .. g, ARGV[6])
 owners_changed(meta)
-if prev and prev ~= token then
-  local ch, member, gen = string.match(prev, '^([^|]*)|([^|]*)|([^|]*)|')
-  if ch then
-    local record = '\\148' .. cmsgpack.pack('R', member, tonumber(gen), ARGV[5])
-    redis.call('@PUBLISH@', ch, '\\145' .. record)
-  end
+if prev and prev ~= token and address then
+  local record = '\148\161R' .. string.sub(address, 4) .. ARGV[5]
+  redis.call('@PUBLISH@', channel(meta, address, 1), '\145' .. record)
 end
 local e, f = unpack(redis.call('HMGET', meta, 'e', 'f'))
 if not e then
@@ -275,7 +308,7 @@ return {e, nxt, n, redis.call('PTTL', meta)}
 # KEYS: meta. ARGV: group, token. Gives up ownership if still held.
 LITE_UNSUBSCRIBE: Final = Script(
     "lite_unsubscribe",
-    _LITE_HELPERS
+    _OWNERS_CHANGED
     + """
 if redis.call('HGET', KEYS[1], 'o:' .. ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[1], 'o:' .. ARGV[1], 'p:' .. ARGV[1])
@@ -291,7 +324,7 @@ return 1
 # Returns {owned(1|0), epoch, pttl, last offset}.
 LITE_KEEP: Final = Script(
     "lite_keep",
-    _LITE_HELPERS
+    _OWNERS_CHANGED
     + """
 local meta, data, g, token = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local o, e, f = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'f'))
@@ -340,6 +373,7 @@ LITE_ACK: Final = Script(
     "lite_ack",
     """
 local g = ARGV[1]
+local of, cf, af = 'o:' .. g, 'c:' .. g, 'a:' .. g
 local out = {}
 local a = 2
 for t = 1, #KEYS do
@@ -347,12 +381,12 @@ for t = 1, #KEYS do
   local token, epoch, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   local first_arg, last_arg = a + 3, a + 2 + count
   a = last_arg + 1
-  local o, e, c, ac = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'c:' .. g, 'a:' .. g))
+  local o, e, c, ac = unpack(redis.call('HMGET', meta, of, 'e', cf, af))
   if o ~= token or e ~= epoch then
     out[t] = 0
   elseif not ac and count == 1 and c and c ~= '' and tonumber(ARGV[first_arg]) == c + 1 then
     -- the common case: one ack, in order, nothing acked above it
-    redis.call('HSET', meta, 'c:' .. g, ARGV[first_arg])
+    redis.call('HSET', meta, cf, ARGV[first_arg])
     out[t] = 1
   else
     local f = redis.call('HGET', meta, 'f')
@@ -373,16 +407,16 @@ for t = 1, #KEYS do
       base = base + 1
       acked[base] = nil
     end
-    redis.call('HSET', meta, 'c:' .. g, base)
+    redis.call('HSET', meta, cf, base)
     local rest = {}
     for off in pairs(acked) do
       if off > base then rest[#rest + 1] = off end
     end
     if #rest > 0 then
       table.sort(rest)
-      redis.call('HSET', meta, 'a:' .. g, table.concat(rest, ','))
+      redis.call('HSET', meta, af, table.concat(rest, ','))
     elseif ac then
-      redis.call('HDEL', meta, 'a:' .. g)
+      redis.call('HDEL', meta, af)
     end
     out[t] = 1
   end
