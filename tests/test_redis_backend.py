@@ -37,6 +37,8 @@ async def _round_trip(url: str) -> None:
         ("lease=0", "lease"),
         ("retry=abc", "retry"),
         ("pool_size=0", "pool_size"),
+        ("lite_partitions=0", "lite_partitions"),
+        ("lite_partitions=1025", "lite_partitions"),
         ("acks=maybe", "acks"),
         ("namespace=a:b", "namespace"),
     ],
@@ -146,6 +148,55 @@ async def test_acl_user_and_password_from_the_url(own_redis_server: RedisServer)
     with anyio.fail_after(20), pytest.raises(litechan.BrokerUnavailable):
         async with litechan.connect(wrong):
             pass
+
+
+@asyncio_only
+async def test_lite_partitions_spread_a_parent_and_must_agree(redis_server: RedisServer) -> None:
+    """With ?lite_partitions=4 a parent's topics spread over 4 hash tags, and a broker of the
+    namespace asking for another count is refused with ConfigMismatch saying both."""
+    namespace = fresh_namespace("parts")
+    url = litechan_url(redis_server.url, namespace=namespace, lite_partitions=4)
+    with anyio.fail_after(20):
+        async with litechan.connect(url) as broker:
+            replies = broker.lite_topics("replies")
+            async with replies.subscriber(group="gw", name="gw-1") as sub:
+                channels = [await sub.subscribe(f"s{i}") for i in range(40)]
+                for i in range(40):
+                    await replies.publish(f"s{i}", b"x%d" % i)
+                for i, channel in enumerate(channels):
+                    msg = await anext(aiter(channel))
+                    assert msg.payload == b"x%d" % i
+                    await msg.ack()
+            other_url = litechan_url(redis_server.url, namespace=namespace, lite_partitions=2)
+            async with litechan.connect(other_url) as other:
+                with pytest.raises(litechan.ConfigMismatch, match=r"lite_partitions=4 \(asked 2\)"):
+                    other.lite_topics("replies")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        lists = list(client.scan_iter(match=f"{{{namespace}:l:*", count=1000))
+        tags = {key.split(b"}")[0] for key in lists}
+        assert len(tags) == 4, tags
+    finally:
+        client.close()
+
+
+@asyncio_only
+async def test_a_namespace_of_the_old_layout_is_refused(redis_server: RedisServer) -> None:
+    """A namespace holding layout-1 data (its world marker) is refused at connect with a
+    ConfigMismatch naming both layouts, and its keys are left alone."""
+    namespace = fresh_namespace("old")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.set(f"{namespace}:world", "0123456789abcdef")
+        client.set(f"{namespace}:spec:l:replies", "ttl=600.0, max_len=10000")
+        url = litechan_url(redis_server.url, namespace=namespace)
+        with anyio.fail_after(20), pytest.raises(litechan.ConfigMismatch, match="layout 1") as info:
+            async with litechan.connect(url):
+                pass
+        assert "reads layout 2" in str(info.value)
+        assert client.get(f"{namespace}:spec:l:replies") == b"ttl=600.0, max_len=10000"
+    finally:
+        client.close()
 
 
 @asyncio_only

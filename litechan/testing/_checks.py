@@ -1880,7 +1880,8 @@ async def check_hostile_strings(backend: BackendFactory) -> None:
 
 async def check_config_mismatch(backend: BackendFactory) -> None:
     """G12: re-declaring an ordered topic or a lite-topic parent with other settings, from any
-    broker of the world, raises ConfigMismatch (at declaration or first use).
+    broker of the world, raises ConfigMismatch (at declaration or first use; at declaration
+    in a broker opened after the first declaration), naming the value asked for.
 
     .. versionadded:: 0.1.0
     """
@@ -1901,6 +1902,19 @@ async def check_config_mismatch(backend: BackendFactory) -> None:
                     await b.lite_topics(_PARENT, ttl=60.0, max_len=100).publish("s1", b"z")
                 with _raises(litechan.ConfigMismatch, "lite_topics() with another max_len"):
                     await b.lite_topics(_PARENT, ttl=600.0, max_len=10).publish("s1", b"z")
+            async with h.connect() as late:
+                # A broker that opens after the declarations raises at declaration, and says
+                # what was asked for.
+                for declare, asked in (
+                    (lambda: late.ordered_topic(_TOPIC, partitions=8), "(asked 8)"),
+                    (lambda: late.lite_topics(_PARENT, ttl=600.0, max_len=10), "(asked 10)"),
+                ):
+                    try:
+                        declare()
+                    except litechan.ConfigMismatch as exc:
+                        _true(asked in str(exc), f"the mismatch does not say {asked!r}: {exc}")
+                    else:
+                        raise AssertionError("a late broker's mismatching declaration passed")
             _equal((await topic.stats()).length, 3, "messages stored (none by a mismatch)")
             key = "session-1"
             receipt = await topic.send(key, b"x")

@@ -63,7 +63,11 @@ class RedisBackend:
     def __init__(self, url: SplitResult, options: BackendOptions) -> None:
         self._options: RedisOptions = parse_url(url)
         self._backend_options = options
+        self._clock = options.clock.time
         self._ns = self._options.namespace
+        #: The settings topics were first declared with (field ``o:NAME`` / ``l:PARENT``).
+        self._specs_key = f"{{{self._ns}}}:specs"
+        self._specs: dict[str, str] = {}
         self._id = secrets.token_hex(6)
         self._channel = f"{self._ns}:n:{self._id}"
         self._client: Client | None = None
@@ -102,6 +106,7 @@ class RedisBackend:
         try:
             await client.start(task_group)
             self._world = await self._world_marker()
+            self._specs = await self._stored_specs()
             self._notes = Notes(client, self._channel, self._on_note, self._on_connect)
             await self._notes.start(task_group)
         except LitechanError:
@@ -149,6 +154,14 @@ class RedisBackend:
             )
         return bytes(marker)
 
+    async def _stored_specs(self) -> dict[str, str]:
+        """The settings every topic of the namespace was first declared with."""
+        fields = await self.client.call("HGETALL", self._specs_key)
+        return {
+            field.decode(): value.decode()
+            for field, value in zip(fields[::2], fields[1::2], strict=True)
+        }
+
     async def _on_connect(self, first: bool) -> None:
         if first:
             return
@@ -161,6 +174,7 @@ class RedisBackend:
                 hint="the server came back without litechan's data (restarted without "
                 "persistence?): lite topics start again with new epochs",
             )
+            self._specs = await self._stored_specs()
             for parent in self._parents.values():
                 parent.checked = False
             for topic in self._ordered.values():
@@ -197,32 +211,51 @@ class RedisBackend:
 
     # -- declarations ------------------------------------------------------------------------------
 
+    # Settings are checked against what the server holds when a topic is declared (the
+    # namespace's settings were read when the broker opened), and once more at its first use
+    # (another process may have declared it since).
+
     def declare_ordered(self, spec: OrderedSpec) -> None:
+        described = _describe_ordered(spec)
+        self._check_declared("ordered topic", spec.name, f"o:{spec.name}", described)
         known = self._ordered.get(spec.name)
         if known is None:
             self._ordered[spec.name] = RedisOrderedTopic(self.client, self._ns, spec)
         elif known.spec != spec:
-            raise ConfigMismatch(_mismatch("ordered topic", spec.name, _describe(known.spec)))
+            known_described = _describe_ordered(known.spec)
+            raise ConfigMismatch(_mismatch("ordered topic", spec.name, known_described, described))
 
     def declare_lite(self, spec: LiteSpec) -> None:
+        partitions = self._options.lite_partitions
+        described = _describe_lite(spec, partitions)
+        self._check_declared("lite-topic parent", spec.parent, f"l:{spec.parent}", described)
         known = self._parents.get(spec.parent)
         if known is None:
-            self._parents[spec.parent] = RedisLiteTopics(self.client, self._ns, spec, self._id)
+            self._parents[spec.parent] = RedisLiteTopics(
+                self.client, self._ns, spec, self._id, partitions
+            )
         elif known.spec != spec:
-            raise ConfigMismatch(_mismatch("lite-topic parent", spec.parent, _describe(known.spec)))
+            known_described = _describe_lite(known.spec, partitions)
+            raise ConfigMismatch(
+                _mismatch("lite-topic parent", spec.parent, known_described, described)
+            )
 
-    async def _check_spec(self, key: str, described: str, what: str, name: str) -> None:
-        stored = (await self.client.run(SPEC, (key,), (described,))).decode()
+    def _check_declared(self, what: str, name: str, field: str, described: str) -> None:
+        stored = self._specs.get(field)
+        if stored is not None and stored != described:
+            raise ConfigMismatch(_mismatch(what, name, stored, described))
+
+    async def _check_spec(self, field: str, described: str, what: str, name: str) -> None:
+        stored = (await self.client.run(SPEC, (self._specs_key,), (field, described))).decode()
+        self._specs[field] = stored
         if stored != described:
-            raise ConfigMismatch(_mismatch(what, name, stored))
+            raise ConfigMismatch(_mismatch(what, name, stored, described))
 
     async def _ordered_topic(self, spec: OrderedSpec) -> RedisOrderedTopic:
-        # Declared by this broker already (a local mismatch raised there); compare with what
-        # the server holds once.
         topic = self._ordered[spec.name]
         if not topic.checked:
             await self._check_spec(
-                f"{self._ns}:spec:o:{spec.name}", _describe(spec), "ordered topic", spec.name
+                f"o:{spec.name}", _describe_ordered(spec), "ordered topic", spec.name
             )
             topic.checked = True
         return topic
@@ -231,8 +264,8 @@ class RedisBackend:
         parent = self._parents[spec.parent]
         if not parent.checked:
             await self._check_spec(
-                f"{self._ns}:spec:l:{spec.parent}",
-                _describe(spec),
+                f"l:{spec.parent}",
+                _describe_lite(spec, parent.partitions),
                 "lite-topic parent",
                 spec.parent,
             )
@@ -294,12 +327,21 @@ class RedisBackend:
 
     # -- lite topics -------------------------------------------------------------------------------
 
-    async def publish(
+    def publish(
+        self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
+    ) -> Awaitable[int]:
+        # Not a coroutine: once the parent is checked, the future of the queued message is all
+        # there is to await (the client translates Redis errors).
+        parent = self._parents[spec.parent]
+        if not parent.checked:
+            return self._publish_checked(spec, lite_topic, payload, headers)
+        return parent.publish(lite_topic, encode_lite(payload, headers, self._clock()))
+
+    async def _publish_checked(
         self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
     ) -> int:
         parent = await self._parent(spec)
-        body = encode_lite(payload, headers, self._backend_options.clock.time())
-        return await parent.publish(lite_topic, body)  # the client translates Redis errors
+        return await parent.publish(lite_topic, encode_lite(payload, headers, self._clock()))
 
     async def attach(
         self, spec: LiteSpec, group: str, name: str, listener: LiteListener
@@ -340,17 +382,27 @@ async def _translated(awaitable: Awaitable[T]) -> T:
         raise translate(exc, "Redis") from None
 
 
-def _describe(spec: OrderedSpec | LiteSpec) -> str:
-    if isinstance(spec, OrderedSpec):
-        return (
-            f"partitions={spec.partitions}, max_len={spec.max_len}, "
-            f"dedupe_window={spec.dedupe_window!r}"
-        )
-    return f"ttl={spec.ttl!r}, max_len={spec.max_len}"
-
-
-def _mismatch(what: str, name: str, known: str) -> str:
+def _describe_ordered(spec: OrderedSpec) -> str:
     return (
-        f"{what} {name!r} is already declared with {known}; declare it with the same settings "
-        "everywhere, or use another name"
+        f"partitions={spec.partitions}, max_len={spec.max_len}, "
+        f"dedupe_window={spec.dedupe_window!r}"
+    )
+
+
+def _describe_lite(spec: LiteSpec, partitions: int) -> str:
+    return f"ttl={spec.ttl!r}, max_len={spec.max_len}, lite_partitions={partitions}"
+
+
+def _mismatch(what: str, name: str, known: str, asked: str) -> str:
+    """Say which settings differ, as the memory backend does: ``max_len=8 (asked 16)``."""
+    known_settings = dict(item.split("=", 1) for item in known.split(", ") if "=" in item)
+    asked_settings = dict(item.split("=", 1) for item in asked.split(", ") if "=" in item)
+    diffs = ", ".join(
+        f"{field}={value} (asked {asked_settings.get(field, '?')})"
+        for field, value in known_settings.items()
+        if asked_settings.get(field) != value
+    )
+    return (
+        f"{what} {name!r} is already declared with {diffs or known}; declare it with the same "
+        "settings everywhere, or use another name"
     )

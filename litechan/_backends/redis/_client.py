@@ -416,7 +416,7 @@ class Client:
 
     async def many(self, commands: Iterable[Sequence[Arg]]) -> list[Any]:
         """Run *commands* in one go and return their replies (errors as exception objects)."""
-        return await gather_replies([self._future(pack(args)) for args in commands])
+        return await gather_replies([self._future(pack(tuple(args))) for args in commands])
 
     def before_flush(self, hook: Callable[[], None]) -> None:
         """Call *hook* right before the next batch is written (it may queue commands): how

@@ -1,9 +1,9 @@
 """Lite topics on Redis: a list and a hash per lite topic, in slot partitions, notes to owners.
 
-Layout 2 (see ``_scripts``): a parent's lite topics are spread over ``PARTITIONS`` slot
-partitions, each with a hash tag of its own (``_slots``). A lite topic is a list of messages and
-a small hash, under its partition's tag: a list holding one small message takes a few hundred
-bytes where a stream's first node takes 4 KB.
+Layout 2 (see ``_scripts``): a parent's lite topics are spread over slot partitions (the
+``lite_partitions`` URL option), each with a hash tag of its own (``_slots``). A lite topic is a
+list of messages and a small hash, under its partition's tag: a list holding one small message
+takes a few hundred bytes where a stream's first node takes 4 KB.
 
 Publishes are coalesced per partition: ``publish()`` queues the message, and right before the
 client writes its next batch one ``LITE_PUBLISH`` call per partition carries every message
@@ -32,7 +32,7 @@ import random
 import secrets
 import zlib
 from collections import deque
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import anyio
 import anyio.abc
@@ -54,7 +54,6 @@ from ._scripts import (
 from ._slots import partition_tags
 
 __all__ = [
-    "PARTITIONS",
     "NoteData",
     "NoteRevoked",
     "RedisLiteMember",
@@ -66,14 +65,14 @@ __all__ = [
 
 logger = structlog.get_logger("litechan")
 
-#: Slot partitions per parent: a flush's publishes go out as one script call per partition.
-PARTITIONS: Final = 16
 #: Records kept per owned topic from notes, at most (and never more than the parent's max_len).
 CACHE_MAX: Final = 256
 #: Topics checked per round trip when reconciling.
 CHECK_BATCH: Final = 1000
 #: Messages one publish call carries at most (a script runs alone on the server: keep it short).
 PUBLISH_BATCH: Final = 512
+#: Lite topics whose keys a parent keeps computed.
+ROUTES_CACHED: Final = 65_536
 
 _encode = msgspec.msgpack.Encoder().encode
 #: A stored message, as the client encodes it: ``[payload, headers, published_at]``.
@@ -111,42 +110,78 @@ def encode_lite(payload: bytes, headers: dict[str, str], published_at: float) ->
     return _encode((payload, headers or None, published_at))
 
 
-def partition_of(lite_topic: str) -> int:
-    return zlib.crc32(lite_topic.encode()) % PARTITIONS
+def partition_of(lite_topic: str, partitions: int) -> int:
+    """The slot partition of *lite_topic* in a parent of *partitions* partitions."""
+    return zlib.crc32(lite_topic.encode()) % partitions
+
+
+class _Route(NamedTuple):
+    """A lite topic's partition, keys, and name as scripts get it (msgpack)."""
+
+    partition: int
+    meta: bytes
+    data: bytes
+    name: bytes
 
 
 class RedisLiteTopics:
     """One parent's keys on one server; what the backend's lite-topic calls delegate to."""
 
-    def __init__(self, client: Client, namespace: str, spec: LiteSpec, broker_id: str) -> None:
+    def __init__(
+        self, client: Client, namespace: str, spec: LiteSpec, broker_id: str, partitions: int
+    ) -> None:
         self.client = client
         self.spec = spec
-        self.tags = partition_tags(f"{namespace}:l:{spec.parent}", PARTITIONS)
+        self.partitions = partitions
+        self.tags = partition_tags(f"{namespace}:l:{spec.parent}", partitions)
         self.broker_id = broker_id
         #: This broker's note channel in each partition (written in its owner tokens).
         self.channels = tuple(f"{tag}:n:{broker_id}" for tag in self.tags)
         self.ttl_ms = max(1, round(spec.ttl * 1000))
         self.cache_max = min(CACHE_MAX, spec.max_len)
         self.checked = False
-        self._pending: list[dict[str, list[tuple[bytes, asyncio.Future[int]]]]] = [
-            {} for _ in range(PARTITIONS)
-        ]
+        #: Per partition, per topic: its route, then body, future, body, future...
+        self._pending: list[dict[str, list[Any]]] = [{} for _ in range(partitions)]
+        self._routes: dict[str, _Route] = {}
         self._hooked = False
         #: Epoch seeds: unpredictable enough to tell incarnations apart, without a syscall each.
         self._random = random.Random(secrets.randbits(64))
 
-    def keys(self, lite_topic: str) -> tuple[str, str]:
-        """meta hash, message list."""
-        tag = self.tags[partition_of(lite_topic)]
-        return f"{tag}:m:{lite_topic}", f"{tag}:d:{lite_topic}"
+    def route(self, lite_topic: str) -> _Route:
+        """Where *lite_topic* lives (cached: sessions publish again and again)."""
+        route = self._routes.get(lite_topic)
+        if route is None:
+            if len(self._routes) >= ROUTES_CACHED:
+                self._routes.clear()
+            partition = partition_of(lite_topic, self.partitions)
+            tag = self.tags[partition]
+            route = self._routes[lite_topic] = _Route(
+                partition,
+                f"{tag}:m:{lite_topic}".encode(),
+                f"{tag}:d:{lite_topic}".encode(),
+                _encode(lite_topic),
+            )
+        return route
 
-    async def publish(self, lite_topic: str, body: bytes) -> int:
+    def keys(self, lite_topic: str) -> tuple[bytes, bytes]:
+        """meta hash, message list."""
+        route = self.route(lite_topic)
+        return route.meta, route.data
+
+    def publish(self, lite_topic: str, body: bytes) -> asyncio.Future[int]:
+        """Queue *body* for the next batch; the future gets its offset."""
+        route = self._routes.get(lite_topic) or self.route(lite_topic)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending[partition_of(lite_topic)].setdefault(lite_topic, []).append((body, future))
+        pending = self._pending[route.partition]
+        queued = pending.get(lite_topic)
+        if queued is None:
+            pending[lite_topic] = [route, body, future]
+        else:
+            queued += (body, future)
         if not self._hooked:
             self._hooked = True
             self.client.before_flush(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         """Send what was published since the last batch: one call per partition (a hook)."""
@@ -154,20 +189,29 @@ class RedisLiteTopics:
         for index, pending in enumerate(self._pending):
             if pending:
                 self._pending[index] = {}
-                for chunk in _chunks(pending):
-                    self._send(chunk)
+                self._send(pending)
 
-    def _send(self, chunk: list[tuple[str, list[tuple[bytes, asyncio.Future[int]]]]]) -> None:
+    def _send(self, pending: dict[str, list[Any]]) -> None:
         keys: list[Arg] = []
         args: list[Arg] = [self.ttl_ms, self.spec.max_len, f"{self._random.getrandbits(48):012x}"]
         futures: list[asyncio.Future[int]] = []
-        for lite_topic, items in chunk:
-            keys.extend(self.keys(lite_topic))
-            args.append(_encode(lite_topic))
-            args.append(len(items))
-            args.extend(body for body, _ in items)
-            futures.extend(future for _, future in items)
+        size = 0
+        for queued in pending.values():
+            # queued: route, body, future, body, future...
+            route = queued[0]
+            count = len(queued) // 2
+            if size and size + count > PUBLISH_BATCH:  # keep a script short: it runs alone
+                self._call(keys, args, futures)
+                keys, futures, size = [], [], 0
+                args = [self.ttl_ms, self.spec.max_len, f"{self._random.getrandbits(48):012x}"]
+            keys += (route.meta, route.data)
+            args += (route.name, count)
+            args += queued[1::2]
+            futures += queued[2::2]
+            size += count
+        self._call(keys, args, futures)
 
+    def _call(self, keys: list[Arg], args: list[Arg], futures: list[asyncio.Future[int]]) -> None:
         def done(outcome: Any) -> None:
             if isinstance(outcome, BaseException):
                 for future in futures:
@@ -176,7 +220,7 @@ class RedisLiteTopics:
                 return
             for future, offset in zip(futures, outcome, strict=True):
                 if not future.done():
-                    future.set_result(int(offset))
+                    future.set_result(offset)
 
         self.client.run_soon(LITE_PUBLISH, keys, args, on_done=done)
 
@@ -252,23 +296,6 @@ class RedisLiteTopics:
 def _list_key(meta: bytes) -> bytes:
     tag, name = meta.split(b"}:m:", 1)
     return tag + b"}:d:" + name
-
-
-def _chunks(
-    pending: dict[str, list[tuple[bytes, asyncio.Future[int]]]],
-) -> list[list[tuple[str, list[tuple[bytes, asyncio.Future[int]]]]]]:
-    """*pending* cut into calls of at most PUBLISH_BATCH messages (a topic's own in order)."""
-    calls: list[list[tuple[str, list[tuple[bytes, asyncio.Future[int]]]]]] = [[]]
-    size = 0
-    for lite_topic, items in pending.items():
-        for i in range(0, len(items), PUBLISH_BATCH):
-            part = items[i : i + PUBLISH_BATCH]
-            if size + len(part) > PUBLISH_BATCH and calls[-1]:
-                calls.append([])
-                size = 0
-            calls[-1].append((lite_topic, part))
-            size += len(part)
-    return calls
 
 
 class _Own:
@@ -577,7 +604,8 @@ class RedisLiteMember:
         acks, self._acks = self._acks, {}
         by_partition: dict[int, list[tuple[str, AckBatch]]] = {}
         for lite_topic, batch in acks.items():
-            by_partition.setdefault(partition_of(lite_topic), []).append((lite_topic, batch))
+            partition = self._topics.route(lite_topic).partition
+            by_partition.setdefault(partition, []).append((lite_topic, batch))
         for batches in by_partition.values():
             self._send_acks(batches)
 

@@ -69,6 +69,11 @@ class RedisOptions:
     #: How long a call keeps waiting while the server is unreachable or not serving before it
     #: raises BrokerUnavailable; also the bound on closing a broker during an outage.
     retry: float = 5.0
+    #: Slot partitions of each lite-topic parent: a batch's publishes (and acks) become one
+    #: script call per partition. One suits a single server best (the fewest, largest calls);
+    #: a cluster spreads a parent over its nodes by partition. Part of a parent's settings:
+    #: every process of a namespace must use the same value.
+    lite_partitions: int = 1
 
 
 _FLOATS: Final = {
@@ -116,6 +121,8 @@ def parse_url(url: SplitResult) -> RedisOptions:
             values[name] = raw
         elif name == "pool_size":
             values[name] = _int(name, raw, 1, 10_000)
+        elif name == "lite_partitions":
+            values[name] = _int(name, raw, 1, 1024)
         elif name in _FLOATS:
             low, high = _FLOATS[name]
             values[name] = _float(name, raw, low, high)

@@ -92,13 +92,14 @@ local function notify(meta, kind, rest)
 end
 """
 
-# Declares a spec (or the world marker): KEYS[1] the key, ARGV[1] the value to store if none is.
-# Returns the stored value. Allowed when the server is full: it writes at most once per key.
+# Declares a topic's settings: KEYS[1] the namespace's hash of settings, ARGV[1] the topic's field,
+# ARGV[2] its settings, stored if none are. Returns the stored settings. Allowed when the server
+# is full: it writes at most once per topic.
 SPEC: Final = Script(
     "spec",
     """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('GET', KEYS[1])
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
 """,
     flags="allow-oom",
 )

@@ -141,21 +141,7 @@ def _hello(endpoint: Endpoint) -> list[bytes]:
     return commands
 
 
-def pack(args: Sequence[bytes | str | int | float]) -> bytes:
-    """Encode one command in RESP (several times faster than redis-py's ``pack_command``)."""
-    out = [b"*%d\r\n" % len(args)]
-    append = out.append
-    for arg in args:
-        kind = arg.__class__  # exact types: faster than isinstance, and bool is not sent
-        if kind is bytes:
-            data: bytes = arg  # type: ignore[assignment]
-        elif kind is str:
-            data = arg.encode()  # type: ignore[union-attr]
-        elif kind is int:
-            data = b"%d" % arg  # type: ignore[str-format]
-        else:
-            data = repr(float(arg)).encode()
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(b"\r\n")
-    return b"".join(out)
+def pack(args: tuple[bytes | str | int | float, ...]) -> bytes:
+    """Encode one command in RESP (hiredis' encoder, in C: about 0.15 µs an argument)."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # stub: a 1-tuple
+    return packed
