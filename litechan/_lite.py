@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self, final
 
@@ -24,7 +24,15 @@ import anyio.abc
 import anyio.lowlevel
 import structlog
 
-from ._backends.base import ALWAYS_FRESH, Fence, LiteListener, LiteMember, LiteSpec, Start
+from ._backends.base import (
+    ALWAYS_FRESH,
+    Fence,
+    LiteBody,
+    LiteListener,
+    LiteMember,
+    LiteSpec,
+    Start,
+)
 from ._errors import InvalidArgument, ResourceClosed
 from ._names import check_headers, check_int, check_name, check_payload
 from ._pacing import Pacer
@@ -121,6 +129,7 @@ class _TopicSub:
         "channel",
         "end_reason",
         "event",
+        "fetching",
         "generation",
         "in_ready",
         "lite_topic",
@@ -139,16 +148,19 @@ class _TopicSub:
         # True when the backend may hold records past next_offset; starts True so that what
         # was retained before the subscribe is read.
         self.notified = True
+        self.fetching = False  # a fetch is on its way: records pushed meanwhile are refused
         self.in_ready = False
         self.end_reason: EndReason | None = None
         self.event: anyio.Event | None = None
         self.pending_gap = 0  # missed messages not yet reported on a delivered message
         self.channel = Channel(self)
 
-    async def ack(self, message: LiteMessage) -> None:
+    def ack(self, message: LiteMessage) -> Awaitable[None] | None:
+        """Queue the ack; return what to await before it counts (None: nothing)."""
         member = self.sub._member
-        if member is not None:
-            await member.ack(self.lite_topic, message.epoch, message.offset, self.generation)
+        if member is None:
+            return None
+        return member.ack(self.lite_topic, message.epoch, message.offset, self.generation)
 
     def wake(self) -> None:
         event, self.event = self.event, None
@@ -275,7 +287,9 @@ class Subscriber:
         if self._member is not None or self._closed:
             raise ResourceClosed("a Subscriber can be opened only once")
         backend = self._broker._open_backend
-        listener = LiteListener(on_data=self._on_data, on_end=self._on_end)
+        listener = LiteListener(
+            on_data=self._on_data, on_end=self._on_end, on_records=self._on_records
+        )
         self._member = await backend.attach(self._topics._spec, self._group, self._name, listener)
         self._fence = self._member.fence
         self._broker._register(self)
@@ -389,6 +403,48 @@ class Subscriber:
             if ts.event is not None:
                 ts.wake()
 
+    def _on_records(
+        self, lite_topic: str, generation: int, epoch: str, first: int, bodies: Sequence[LiteBody]
+    ) -> bool:
+        # Backend callback: records offered as they are published. Taken only when they are
+        # exactly the next ones to read (nothing held back by the backend, no fetch on its way)
+        # and the buffer has room (bounded, G14); else the backend keeps them for a fetch.
+        ts = self._subs.get(lite_topic)
+        if (
+            ts is None
+            or ts.generation != generation
+            or ts.notified
+            or ts.fetching
+            or ts.next_offset != first
+            or len(ts.buffer) + len(bodies) > _FETCH
+        ):
+            return False
+        buffer = ts.buffer
+        gap = ts.pending_gap
+        ts.pending_gap = 0
+        offset = first
+        for payload, headers, published_at in bodies:
+            buffer.append(
+                LiteMessage(
+                    lite_topic,
+                    offset,
+                    epoch,
+                    payload,
+                    dict(headers) if headers else {},
+                    published_at,
+                    gap,
+                    ts,
+                )
+            )
+            gap = 0
+            offset += 1
+        ts.next_offset = offset
+        if not ts.in_ready:
+            self._mark_ready(ts)
+        if ts.event is not None:
+            ts.wake()
+        return True
+
     def _on_end(self, lite_topic: str, reason: EndReason) -> None:
         # Backend callback: ownership of *lite_topic* ended (revoked or expired).
         ts = self._subs.get(lite_topic)
@@ -414,11 +470,14 @@ class Subscriber:
         if member is None or ts.end_reason is not None:
             return
         ts.notified = False  # cleared first: a notification during the fetch sets it again
+        ts.fetching = True
         try:
             batch = await member.fetch(ts.lite_topic, ts.generation, ts.next_offset, _FETCH)
         except BaseException:
             ts.notified = True  # cancelled or failed: the records are still to be read
             raise
+        finally:
+            ts.fetching = False
         if batch.ended is not None or ts.end_reason is not None:  # ended during the fetch
             if batch.ended is not None:
                 self._end(ts, batch.ended)

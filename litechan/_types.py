@@ -165,7 +165,9 @@ class LiteMessage:
 
     async def ack(self) -> None:
         """Commit the message for the group (fenced: a no-op once ownership or epoch changed)."""
-        await self._sub.ack(self)
+        waiter = self._sub.ack(self)
+        if waiter is not None:
+            await waiter
 
 
 @final

@@ -32,6 +32,7 @@ __all__ = [
     "Fence",
     "GroupMember",
     "LiteBatch",
+    "LiteBody",
     "LiteListener",
     "LiteMember",
     "LiteRecord",
@@ -51,6 +52,10 @@ Start = Literal["committed", "earliest", "latest"] | int
 #: when empty. A tuple of immutable values because the memory backend keeps millions of them:
 #: the garbage collector stops tracking such tuples, so retained messages cost it nothing.
 LiteRecord = tuple[int, bytes, dict[str, str] | None, float]
+
+#: A lite-topic message as a backend pushes it to a subscriber (its offset given apart):
+#: ``(payload, headers, published_at)``.
+LiteBody = tuple[bytes, dict[str, str] | None, float]
 
 
 @attrs.frozen
@@ -153,10 +158,18 @@ class LiteListener:
 
     ``on_data(lite_topic)``: records past the ones fetched so far may exist (may be spurious).
     ``on_end(lite_topic, reason)``: the member no longer owns it (``REVOKED`` or ``EXPIRED``).
+    ``on_records(lite_topic, generation, epoch, first, bodies)``: the records ``first``,
+    ``first + 1``... of a topic the member owns, offered as they are published. The subscriber
+    takes them (True) only if they are exactly what it would fetch next and it has room;
+    otherwise (False) nothing changed, and the backend keeps them to be fetched (and calls
+    ``on_data``). Pushing is optional: a backend may always rely on ``on_data`` and fetch.
     """
 
     on_data: Callable[[str], None]
     on_end: Callable[[str, EndReason], None]
+    on_records: Callable[[str, int, str, int, Sequence[LiteBody]], bool] = (
+        lambda *_: False  # a listener that takes nothing pushed
+    )
 
 
 class Fence(Protocol):
@@ -252,8 +265,13 @@ class LiteMember(Protocol):
         """Read up to *max_records* records from *from_offset* on, without waiting."""
         ...
 
-    async def ack(self, lite_topic: str, epoch: str, offset: int, generation: int) -> None:
-        """Settle one record for the group; a no-op when epoch or generation is stale (G4)."""
+    def ack(
+        self, lite_topic: str, epoch: str, offset: int, generation: int
+    ) -> Awaitable[None] | None:
+        """Settle one record for the group; a no-op when epoch or generation is stale (G4).
+
+        Returns what to await before the ack counts as done, or None when queueing it was all
+        (a coroutine function does too: its coroutine is awaited)."""
 
     async def aclose(self) -> None:
         """Give up every lite topic this member owns."""

@@ -550,7 +550,7 @@ class _LiteMember:
             records = [record for record in records if record[0] not in acked]
         return LiteBatch(topic.epoch, records, next_offset, next_offset < log.next, gap)
 
-    async def ack(self, lite_topic: str, epoch: str, offset: int, generation: int) -> None:
+    def ack(self, lite_topic: str, epoch: str, offset: int, generation: int) -> None:
         if self.owned.get(lite_topic) != generation:
             return  # fenced: revoked, expired or unsubscribed since delivery
         topic = self.parent.topics.get(lite_topic)
@@ -788,13 +788,20 @@ class MemoryBackend:
         log = topic.log
         items = log.items
         offset = log.first + len(items) - log.start
-        items.append((offset, payload, headers or None, now))
+        stored = headers or None
+        items.append((offset, payload, stored, now))
         if offset - log.first >= spec.max_len:
             log.trim(spec.max_len)
         owners = parent.owners.get(lite_topic)
         if owners:
             for owner in owners.values():
-                owner.member.listener.on_data(lite_topic)
+                # Handed over as it is published when the owner reads right here; else it is
+                # fetched from the log.
+                listener = owner.member.listener
+                if not listener.on_records(
+                    lite_topic, owner.generation, topic.epoch, offset, ((payload, stored, now),)
+                ):
+                    listener.on_data(lite_topic)
         return offset
 
     async def attach(

@@ -32,6 +32,7 @@ import random
 import secrets
 import zlib
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, Final, NamedTuple
 
 import anyio
@@ -345,6 +346,7 @@ class RedisLiteMember:
         self._closed = False
         self._ttl = topics.spec.ttl
         self._now = asyncio.get_running_loop().time  # anyio.current_time(), without its lookups
+        self._sync_acks = self._client.options.acks == "sync"
         self.fence = fence
         members[member_id] = self
         task_group.start_soon(self._expiry_loop)
@@ -464,19 +466,25 @@ class RedisLiteMember:
             return  # a note of an incarnation we no longer own (cannot happen; be safe)
         own.epoch = epoch
         own.seen = self._now()
-        cache = own.cache
-        if first > own.hi + 1:
-            cache.clear()  # notes were lost: what is missing is read from the list
         last = first + len(bodies) - 1
-        if last > own.hi:
-            offset = first
-            for payload, headers, published_at in bodies:
-                if offset > own.hi:
-                    cache.append((offset, payload, headers, published_at))
-                offset += 1
-            while len(cache) > self._topics.cache_max:
-                cache.popleft()
-            own.hi = last
+        if last <= own.hi:
+            return  # known already (read remotely meanwhile)
+        cache = own.cache
+        if first == own.hi + 1 and not cache:
+            # The subscriber takes them at once when it reads right here: nothing to keep.
+            if self._listener.on_records(lite_topic, generation, epoch, first, bodies):
+                own.hi = last
+                return
+        elif first > own.hi + 1:
+            cache.clear()  # notes were lost: what is missing is read from the list
+        offset = first
+        for payload, headers, published_at in bodies:
+            if offset > own.hi:
+                cache.append((offset, payload, headers, published_at))
+            offset += 1
+        while len(cache) > self._topics.cache_max:
+            cache.popleft()
+        own.hi = last
         self._listener.on_data(lite_topic)
 
     def on_revoked(self, lite_topic: str, generation: int) -> None:
@@ -570,13 +578,14 @@ class RedisLiteMember:
 
     # -- acks --------------------------------------------------------------------------------------
 
-    async def ack(self, lite_topic: str, epoch: str, offset: int, generation: int) -> None:
+    def ack(
+        self, lite_topic: str, epoch: str, offset: int, generation: int
+    ) -> Awaitable[None] | None:
         own = self._owned.get(lite_topic)
         if own is None or own.generation != generation:
-            return  # fenced locally; the script fences against other processes
+            return None  # fenced locally; the script fences against other processes
         batch = self._queue_ack(lite_topic, epoch, generation, offset)
-        if self._client.options.acks == "sync":
-            await batch.wait()
+        return batch.wait() if self._sync_acks else None
 
     def _queue_ack(self, lite_topic: str, epoch: str, generation: int, offset: int) -> AckBatch:
         batch = self._acks.get(lite_topic)
