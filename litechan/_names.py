@@ -42,11 +42,13 @@ _SHOWN: Final = 60
 
 
 def shown(value: str) -> str:
-    """*value* for an error message: its repr, cut after 60 characters (a hostile 10 MB string
-    must not be echoed whole into messages and logs)."""
-    if len(value) <= _SHOWN:
-        return repr(value)
-    return f"{value[:_SHOWN]!r}... ({len(value)} characters)"
+    """*value* for an error message: its repr, cut after 60 characters of it (a hostile 10 MB
+    string must not be echoed whole into messages and logs, nor a short one whose characters
+    each take ten to escape)."""
+    text = repr(value)
+    if len(text) <= _SHOWN + 2:
+        return text
+    return f"{text[:_SHOWN]}... ({len(value)} characters)"
 
 
 def utf8_ok(value: str) -> bool:

@@ -183,7 +183,7 @@ async def test_transient_error_replies_are_outages(
             script("lite_publish"),
             script("ordered_send"),
             script("ordered_fetch"),
-            script("lite_ack"),
+            script("lite_commit"),
             command("PING"),
         )
     ]
@@ -235,7 +235,7 @@ async def test_sync_ack_raises_what_the_server_answered_it(
             assert (await audio.stats()).lag("asr") == 0
             async with replies.subscriber(group="gateways", name="gw-1") as gateway:
                 (r1,) = await take(aiter(await gateway.subscribe("s1")), 1, "the reply")
-                proxy.answer(script("lite_ack"), reply)
+                proxy.answer(script("lite_commit"), reply)
                 with pytest.raises(error, match=code):
                     await r1.ack()
                 assert (await replies.stats()).backlog == 1  # not acked: still owed

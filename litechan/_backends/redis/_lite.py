@@ -45,7 +45,7 @@ from ..._types import EndReason, LiteTopicLag, LiteTopicsStats
 from ..base import Fence, LiteBatch, LiteListener, LiteRecord, LiteSpec, Start, Subscription
 from ._client import AckBatch, Arg, Client
 from ._scripts import (
-    LITE_ACK,
+    LITE_COMMIT,
     LITE_FETCH,
     LITE_KEEP,
     LITE_PUBLISH,
@@ -245,11 +245,34 @@ class RedisLiteTopics:
         replies = await client.many(
             cmd for meta in metas for cmd in (("HGETALL", meta), ("LLEN", _list_key(meta)))
         )
+        infos: list[dict[bytes, bytes] | None] = []
+        owned: list[tuple[int, bytes, bytes]] = []  # (meta index, group, its owner's commit key)
         for i, meta in enumerate(metas):
             fields, length = replies[2 * i], replies[2 * i + 1]
             if isinstance(fields, BaseException) or isinstance(length, BaseException):
+                infos.append(None)
                 continue
             info = dict(zip(fields[::2], fields[1::2], strict=True))
+            infos.append(info)
+            for k, v in info.items():
+                if k[:2] == b"o:":
+                    member, generation, _ = v.split(b"|", 2)
+                    key = meta.replace(b"}:m:", b"}:c:", 1) + b":" + member + b":" + generation
+                    owned.append((i, k[2:], key))
+        # An owner commits into its own key: its value is the group's position meanwhile.
+        values = await client.many(("GET", key) for _, _, key in owned)
+        for (i, group_field, _), value in zip(owned, values, strict=True):
+            folded = infos[i]
+            if folded is not None and isinstance(value, bytes):
+                committed, _, acked_csv = value.partition(b"|")
+                folded[b"c:" + group_field] = committed
+                folded[b"a:" + group_field] = acked_csv
+        for i, meta in enumerate(metas):
+            known = infos[i]
+            if known is None:
+                continue
+            info = known
+            length = replies[2 * i + 1]
             name = meta.split(b"}:m:", 1)[1].decode()
             owners = {
                 k[2:].decode(): v.split(b"|", 2)[2].decode()
@@ -302,15 +325,62 @@ def _list_key(meta: bytes) -> bytes:
 class _Own:
     """What a member knows of one lite topic it owns."""
 
-    __slots__ = ("cache", "epoch", "generation", "hi", "seen", "token")
+    __slots__ = (
+        "acked",
+        "cache",
+        "commit_key",
+        "committed",
+        "epoch",
+        "generation",
+        "hi",
+        "seen",
+        "token",
+    )
 
-    def __init__(self, generation: int, token: str) -> None:
+    def __init__(self, generation: int, token: str, commit_key: bytes) -> None:
         self.generation = generation
         self.token = token
+        self.commit_key = commit_key
         self.epoch = ""  # "" until the topic exists
         self.hi = 0  # highest offset known to exist
         self.cache: deque[LiteRecord] = deque()  # records pushed by notes, contiguous, up to hi
         self.seen = 0.0  # when a note last showed the topic alive (loop time)
+        # The group's position as this owner makes it (it alone acks the topic): every offset
+        # up to `committed` is settled, and so are those in `acked`.
+        self.committed = 0
+        self.acked: set[int] = set()
+
+    def settle(self, offset: int) -> bool:
+        """Count *offset* as acked; False when it was settled already."""
+        committed = self.committed
+        if offset == committed + 1:
+            committed = offset
+            acked = self.acked
+            if acked:
+                while committed + 1 in acked:
+                    committed += 1
+                    acked.remove(committed)
+            self.committed = committed
+            return True
+        if offset > committed and offset not in self.acked:
+            self.acked.add(offset)
+            return True
+        return False
+
+    def passed(self, first: int) -> None:
+        """Offsets below *first* are gone (trimmed): they count as settled."""
+        if self.committed < first - 1:
+            self.committed = first - 1
+            self.acked = {offset for offset in self.acked if offset >= first}
+            while self.committed + 1 in self.acked:
+                self.committed += 1
+                self.acked.remove(self.committed)
+
+    def commit_value(self) -> bytes:
+        """The commit key's value: ``COMMITTED`` or ``COMMITTED|ACKED,ACKED...``."""
+        if not self.acked:
+            return b"%d" % self.committed
+        return b"%d|%s" % (self.committed, ",".join(map(str, sorted(self.acked))).encode())
 
 
 class RedisLiteMember:
@@ -354,6 +424,11 @@ class RedisLiteMember:
     def _token(self, generation: int) -> str:
         return f"{self._id}|{generation}|{self._name}"
 
+    def _commit_key(self, lite_topic: str, generation: int) -> bytes:
+        """``{TAG}:c:TOPIC:MEMBER:GENERATION``: where this subscription commits."""
+        meta = self._topics.route(lite_topic).meta
+        return meta.replace(b"}:m:", b"}:c:", 1) + f":{self._id}:{generation}".encode()
+
     def _address(self, generation: int) -> bytes:
         """Where publishes send this subscription's messages: the msgpack start of its records,
         ``['D', member, generation`` (the member id starts with this broker's id, which names
@@ -366,12 +441,12 @@ class RedisLiteMember:
         await self._settle(lite_topic)
         generation = next(self._generations)
         token = self._token(generation)
-        own = _Own(generation, token)
+        own = _Own(generation, token, self._commit_key(lite_topic, generation))
         self._owned[lite_topic] = own  # before the reply: notes may overtake it
         try:
             reply = await self._client.run(
                 LITE_SUBSCRIBE,
-                self._topics.keys(lite_topic),
+                (*self._topics.keys(lite_topic), own.commit_key),
                 (
                     self._group,
                     token,
@@ -386,10 +461,12 @@ class RedisLiteMember:
             # nothing of it may stay, here or on the server.
             if self._owned.get(lite_topic) is own:
                 del self._owned[lite_topic]
-            self._give_up(lite_topic, token)
+            self._give_up(lite_topic, token, own.commit_key)
             raise
-        epoch, next_offset, last, pttl = reply
+        epoch, next_offset, last, pttl, acked = reply
         if self._owned.get(lite_topic) is own:
+            own.committed = int(next_offset) - 1
+            own.acked = {int(offset) for offset in acked.split(b",") if offset}
             if not own.epoch:
                 own.epoch = epoch.decode()
             own.hi = max(own.hi, int(last))
@@ -397,13 +474,15 @@ class RedisLiteMember:
             self._track(lite_topic, seconds if own.epoch else seconds / 2)
         return Subscription(generation, int(next_offset))
 
-    def _give_up(self, lite_topic: str, token: str) -> asyncio.Future[Any] | None:
+    def _give_up(
+        self, lite_topic: str, token: str, commit_key: bytes
+    ) -> asyncio.Future[Any] | None:
         """Queue the removal of *token*'s ownership of *lite_topic* (fenced by the token, so it
         never touches a later owner; persistent: it goes out whenever the server is back)."""
         with contextlib.suppress(LitechanError):  # the broker is closed: nothing to tell
             return self._client.run_later(
                 LITE_UNSUBSCRIBE,
-                self._topics.keys(lite_topic)[:1],
+                (self._topics.keys(lite_topic)[0], commit_key),
                 (self._group, token),
                 persistent=True,
             )
@@ -421,7 +500,7 @@ class RedisLiteMember:
         await self._settle(lite_topic)
         own = self._owned.pop(lite_topic, None)
         if own is not None:
-            call = self._give_up(lite_topic, own.token)
+            call = self._give_up(lite_topic, own.token, own.commit_key)
             if call is not None:
                 await self._client.bounded(asyncio.shield(call))
 
@@ -435,7 +514,7 @@ class RedisLiteMember:
             waits = [batch.wait() for batch in batches]
             await self._client.bounded(asyncio.gather(*waits, return_exceptions=True))
         owned, self._owned = self._owned, {}
-        calls = [self._give_up(topic, own.token) for topic, own in owned.items()]
+        calls = [self._give_up(topic, own.token, own.commit_key) for topic, own in owned.items()]
         pending = [call for call in calls if call is not None]
         if pending:
             await self._client.bounded(asyncio.gather(*pending, return_exceptions=True))
@@ -531,7 +610,7 @@ class RedisLiteMember:
             reason = EndReason.EXPIRED if own.epoch and epoch != own.epoch else EndReason.REVOKED
             self._owned.pop(lite_topic, None)
             return LiteBatch("", (), from_offset, ended=reason)
-        epoch, last, first, acked_csv, elements = reply
+        epoch, last, first, elements = reply
         epoch = epoch.decode()
         if not epoch:
             return LiteBatch("", (), from_offset)
@@ -541,18 +620,19 @@ class RedisLiteMember:
         own.epoch = epoch
         last, first = int(last), int(first)
         own.hi = max(own.hi, last)
-        acked = {int(o) for o in acked_csv.split(b",") if o} if acked_csv else set()
+        acked = own.acked  # acks of the group above its watermark are skipped
         gap = 0
         if from_offset < first:
             gap = first - from_offset - sum(1 for o in acked if from_offset <= o < first)
             from_offset = first
+        own.passed(first)
         records: list[LiteRecord] = []
         for offset, element in enumerate(elements, from_offset):
             if offset in acked:
                 continue
             record = self._decode(lite_topic, offset, element)
             if record is None:
-                self._queue_ack(lite_topic, epoch, own.generation, offset)
+                self._ack_owned(lite_topic, own, offset)
             else:
                 records.append(record)
         next_offset = from_offset + len(elements)
@@ -582,31 +662,34 @@ class RedisLiteMember:
         self, lite_topic: str, epoch: str, offset: int, generation: int
     ) -> Awaitable[None] | None:
         own = self._owned.get(lite_topic)
-        if own is None or own.generation != generation:
-            return None  # fenced locally; the script fences against other processes
-        batch = self._queue_ack(lite_topic, epoch, generation, offset)
-        return batch.wait() if self._sync_acks else None
+        if own is None or own.generation != generation or (own.epoch and epoch != own.epoch):
+            return None  # fenced locally; the commit key fences against other processes
+        batch = self._ack_owned(lite_topic, own, offset)
+        return batch.wait() if self._sync_acks and batch is not None else None
 
-    def _queue_ack(self, lite_topic: str, epoch: str, generation: int, offset: int) -> AckBatch:
+    def _ack_owned(self, lite_topic: str, own: _Own, offset: int) -> AckBatch | None:
+        """Settle *offset* here and queue the new commit for the next batch (None: it was
+        settled already)."""
+        if not own.settle(offset):
+            return None
         batch = self._acks.get(lite_topic)
-        if batch is None or batch.tag != epoch or batch.generation != generation:
+        if batch is None or batch.generation != own.generation:
             self._flush_acks(lite_topic)
-            batch = self._acks[lite_topic] = AckBatch(generation, epoch)
+            batch = self._acks[lite_topic] = AckBatch(own.generation)
             if not self._hooked:
                 self._hooked = True
                 self._client.before_flush(self._flush_all_acks)
-        batch.offsets.append(offset)
         return batch
 
     def _flush_acks(self, lite_topic: str) -> AckBatch | None:
-        """Send *lite_topic*'s pending acks as one call; return their batch (None: nothing)."""
+        """Send *lite_topic*'s pending commit as one call; return its batch (None: nothing)."""
         batch = self._acks.pop(lite_topic, None)
         if batch is not None:
             self._send_acks([(lite_topic, batch)])
         return batch
 
     def _flush_all_acks(self) -> None:
-        """Send every pending ack: one call per partition (a hook, right before a batch)."""
+        """Send every pending commit: one call per partition (a hook, right before a batch)."""
         self._hooked = False
         if not self._acks:
             return
@@ -620,15 +703,15 @@ class RedisLiteMember:
 
     def _send_acks(self, batches: list[tuple[str, AckBatch]]) -> None:
         keys: list[Arg] = []
-        args: list[Arg] = [self._group]
+        values: list[Arg] = []
         sent: list[AckBatch] = []
         for lite_topic, batch in batches:
             own = self._owned.get(lite_topic)
             if own is None or own.generation != batch.generation:
                 batch.done(None)  # ownership ended here: the acks are no-ops (G4)
                 continue
-            keys.append(self._topics.keys(lite_topic)[0])
-            args += (own.token, batch.tag, len(batch.offsets), *batch.offsets)
+            keys.append(own.commit_key)
+            values.append(own.commit_value())
             sent.append(batch)
         if not sent:
             return
@@ -637,7 +720,7 @@ class RedisLiteMember:
             for batch in sent:
                 batch.done(outcome if isinstance(outcome, BaseException) else None)
 
-        self._client.run_soon(LITE_ACK, keys, args, on_done=done)
+        self._client.run_soon(LITE_COMMIT, keys, values, on_done=done)
 
     # -- expiry and reconciliation -----------------------------------------------------------------
 
@@ -697,7 +780,7 @@ class RedisLiteMember:
             LITE_KEEP,
             (
                 (
-                    self._topics.keys(t),
+                    (*self._topics.keys(t), own.commit_key),
                     (
                         self._group,
                         own.token,

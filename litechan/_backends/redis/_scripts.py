@@ -35,7 +35,7 @@ from typing import Final
 from ._client import Script
 
 __all__ = [
-    "LITE_ACK",
+    "LITE_COMMIT",
     "LITE_FETCH",
     "LITE_KEEP",
     "LITE_PUBLISH",
@@ -114,6 +114,10 @@ return redis.call('HGET', KEYS[1], ARGV[1])
 # (``MEMBER|GENERATION|NAME``), ``p:G`` the owner's note address, ``c:G`` committed offset,
 # ``a:G`` acks above it; and ``p``, every owner's note address joined, which is all a publish
 # reads of the owners. Every value stays short, so the hash keeps Redis' compact encoding.
+# While a topic is owned, its owner commits into a key of its own, ``{TAG}:c:TOPIC:MEMBER:GEN``
+# (value ``COMMITTED`` or ``COMMITTED|ACKED,ACKED...``) with the topic's TTL: an ack is one SET
+# of an existing key, and whoever takes the topic over folds that key into c:G and a:G and
+# deletes it, which fences the old owner (G4).
 #
 # A note address is the msgpack start of the owner's records, ``['D', member, generation``
 # (encoded by the client at subscribe time); a member id starts with its broker's id (12
@@ -151,6 +155,30 @@ local function channel(key, p, pos)
 end
 """
 
+# An owner's commit key (``{TAG}:c:TOPIC:MEMBER:GENERATION``, from the topic's meta key and
+# the owner's token); a commit key's value folded into the group's fields c:G and a:G, and the
+# key deleted (its owner can no longer commit: G4).
+_COMMIT_KEYS: Final = r"""
+local function commit_key(meta, token)
+  local tag, topic = string.match(meta, '^(.-}):m:(.*)$')
+  local member, gen = string.match(token, '^([^|]*)|([^|]*)|')
+  return tag .. ':c:' .. topic .. ':' .. member .. ':' .. gen
+end
+local function fold(meta, g, key)
+  local value = redis.call('GET', key)
+  if value then
+    local c, a = string.match(value, '^([^|]*)|?(.*)$')
+    redis.call('HSET', meta, 'c:' .. g, c)
+    if a ~= '' then
+      redis.call('HSET', meta, 'a:' .. g, a)
+    else
+      redis.call('HDEL', meta, 'a:' .. g)
+    end
+    redis.call('DEL', key)
+  end
+end
+"""
+
 # `p` rebuilt from the p:G fields.
 _OWNERS_CHANGED: Final = r"""
 local function owners_changed(meta)
@@ -178,6 +206,7 @@ end
 LITE_PUBLISH: Final = Script(
     "lite_publish",
     _NOTE_HELPERS
+    + _COMMIT_KEYS
     + r"""
 local ttl, maxlen, seed = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local clock = redis.call('TIME')
@@ -211,6 +240,14 @@ for t = 1, #KEYS / 2 do
     redis.call('HSET', meta, 'e', e, 'f', f, 'x', now)
     redis.call('PEXPIRE', meta, ttl + slack)
     redis.call('PEXPIRE', data, ttl + slack)
+    if p then  -- owners' commit keys live as long as the topic
+      local fields = redis.call('HGETALL', meta)
+      for i = 1, #fields, 2 do
+        if string.sub(fields[i], 1, 2) == 'o:' then
+          redis.call('PEXPIRE', commit_key(meta, fields[i + 1]), ttl + slack)
+        end
+      end
+    end
   end
   for i = 0, c - 1 do out[#out + 1] = first + i end
   if p then
@@ -253,35 +290,45 @@ return out
     flags="",
 )
 
-# KEYS: meta, list. ARGV: group, token, start ('committed'|'earliest'|'latest'|offset), ttl_ms,
-# topic name (msgpack), note address. Takes ownership for the group, revoking the previous owner
-# (a note to it). Returns {epoch or '', next_offset, last_offset, pttl_ms}.
+# KEYS: meta, list, the subscriber's commit key. ARGV: group, token, start ('committed'|
+# 'earliest'|'latest'|offset), ttl_ms, topic name (msgpack), note address. Takes ownership for
+# the group: the previous owner's commits are folded into the group's and its commit key
+# deleted (so it can commit nothing more, G4), and it gets a note. The new owner's commit key
+# starts at the group's position and lives as long as the topic. Returns {epoch or '',
+# next_offset, last_offset, pttl_ms, offsets acked above next_offset - 1 (csv)}.
 LITE_SUBSCRIBE: Final = Script(
     "lite_subscribe",
     _NOTE_HELPERS
+    + _COMMIT_KEYS
     + _OWNERS_CHANGED
     + r"""
-local meta, data, g, token, start = KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3]
+local meta, data, mine = KEYS[1], KEYS[2], KEYS[3]
+local g, token, start = ARGV[1], ARGV[2], ARGV[3]
 local prev, address = unpack(redis.call('HMGET', meta, 'o:' .. g, 'p:' .. g))
+if prev and prev ~= token then
+  fold(meta, g, commit_key(meta, prev))
+  if address then
+    local record = '\148\161R' .. string.sub(address, 4) .. ARGV[5]
+    redis.call('@PUBLISH@', channel(meta, address, 1), '\145' .. record)
+  end
+end
 redis.call('HSET', meta, 'o:' .. g, token, 'p:' .. g, ARGV[6])
 owners_changed(meta)
-if prev and prev ~= token and address then
-  local record = '\148\161R' .. string.sub(address, 4) .. ARGV[5]
-  redis.call('@PUBLISH@', channel(meta, address, 1), '\145' .. record)
-end
 local e, f = unpack(redis.call('HMGET', meta, 'e', 'f'))
 if not e then
   -- No such lite topic yet: the subscription waits for the first publish. It expires like a
   -- topic unless its subscriber refreshes it (a crashed subscriber leaves nothing behind).
   redis.call('PEXPIRE', meta, ARGV[4])
   local nxt = tonumber(start) or 1
-  return {'', nxt, 0, redis.call('PTTL', meta)}
+  redis.call('SET', mine, nxt - 1, 'PX', ARGV[4])
+  return {'', nxt, 0, redis.call('PTTL', meta), ''}
 end
 local first = tonumber(f)
 local n = first + redis.call('LLEN', data) - 1
 local nxt
+local acked = ''
 if start == 'committed' then
-  local c = redis.call('HGET', meta, 'c:' .. g)
+  local c, a = unpack(redis.call('HMGET', meta, 'c:' .. g, 'a:' .. g))
   if not c then
     redis.call('HSET', meta, 'c:' .. g, '')
     nxt = first
@@ -290,6 +337,7 @@ if start == 'committed' then
   else
     nxt = tonumber(c) + 1
   end
+  acked = a or ''
 else
   if start == 'earliest' then
     nxt = first
@@ -301,33 +349,45 @@ else
   redis.call('HSET', meta, 'c:' .. g, nxt - 1)
   redis.call('HDEL', meta, 'a:' .. g)
 end
-return {e, nxt, n, redis.call('PTTL', meta)}
+local pttl = redis.call('PTTL', meta)
+local value = tostring(nxt - 1)
+if acked ~= '' then value = value .. '|' .. acked end
+if pttl > 0 then
+  redis.call('SET', mine, value, 'PX', pttl)
+else
+  redis.call('SET', mine, value)
+end
+return {e, nxt, n, pttl, acked}
 """,
     flags="allow-oom",
 )
 
-# KEYS: meta. ARGV: group, token. Gives up ownership if still held.
+# KEYS: meta, the subscriber's commit key. ARGV: group, token. Gives up ownership if still held
+# (its commits folded into the group's).
 LITE_UNSUBSCRIBE: Final = Script(
     "lite_unsubscribe",
-    _OWNERS_CHANGED
+    _COMMIT_KEYS
+    + _OWNERS_CHANGED
     + """
 if redis.call('HGET', KEYS[1], 'o:' .. ARGV[1]) == ARGV[2] then
+  fold(KEYS[1], ARGV[1], KEYS[2])
   redis.call('HDEL', KEYS[1], 'o:' .. ARGV[1], 'p:' .. ARGV[1])
   owners_changed(KEYS[1])
 end
+redis.call('DEL', KEYS[2])
 return 1
 """,
     flags="allow-oom",
 )
 
-# KEYS: meta, list. ARGV: group, token, ttl_ms, known epoch ('' if none yet), note address.
-# Checks a subscription and renews one that waits for its topic's first publish.
-# Returns {owned(1|0), epoch, pttl, last offset}.
+# KEYS: meta, list, the subscriber's commit key. ARGV: group, token, ttl_ms, known epoch (''
+# if none yet), note address. Checks a subscription and renews one that waits for its topic's
+# first publish. Returns {owned(1|0), epoch, pttl, last offset}.
 LITE_KEEP: Final = Script(
     "lite_keep",
     _OWNERS_CHANGED
     + """
-local meta, data, g, token = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local meta, data, mine, g, token = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
 local o, e, f = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'f'))
 if not e and ARGV[4] == '' and (not o or o == token) then
   if not o then
@@ -335,6 +395,9 @@ if not e and ARGV[4] == '' and (not o or o == token) then
     owners_changed(meta)
   end
   redis.call('PEXPIRE', meta, ARGV[3])
+  if redis.call('PEXPIRE', mine, ARGV[3]) == 0 then
+    redis.call('SET', mine, 0, 'PX', ARGV[3])
+  end
   return {1, '', redis.call('PTTL', meta), 0}
 end
 local n = 0
@@ -345,14 +408,14 @@ return {o == token and 1 or 0, e or '', redis.call('PTTL', meta), n}
 )
 
 # KEYS: meta, list. ARGV: group, token, from, max. Returns {'R', epoch} when the token no
-# longer owns the topic, else {epoch, last, first, acked_csv, elements from `from` on}.
+# longer owns the topic, else {epoch, last, first, elements from `from` on}.
 LITE_FETCH: Final = Script(
     "lite_fetch",
     """
 local meta, data, g = KEYS[1], KEYS[2], ARGV[1]
-local o, e, f, a = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'f', 'a:' .. g))
+local o, e, f = unpack(redis.call('HMGET', meta, 'o:' .. g, 'e', 'f'))
 if o ~= ARGV[2] then return {'R', e or ''} end
-if not e then return {'', 0, 1, '', {}} end
+if not e then return {'', 0, 1, {}} end
 local first = tonumber(f)
 local n = first + redis.call('LLEN', data) - 1
 local from = math.max(tonumber(ARGV[3]), first)
@@ -361,66 +424,22 @@ if from <= n then
   local last = math.min(n, from + tonumber(ARGV[4]) - 1)
   elements = redis.call('LRANGE', data, from - first, last - first)
 end
-return {e, n, first, a or '', elements}
+return {e, n, first, elements}
 """,
     flags="no-writes",
 )
 
-# KEYS: the meta of each topic of the call (one partition). ARGV: group, then per topic: token,
-# epoch, count, and `count` offsets. Settles offsets for the group, each topic fenced by token
-# and epoch; out-of-order acks are kept in field a:GROUP until the gap fills. Returns one result
-# per topic: 1 applied, 0 fenced.
-LITE_ACK: Final = Script(
-    "lite_ack",
+# KEYS: commit keys of one partition. ARGV: their new values (``COMMITTED`` or
+# ``COMMITTED|ACKED,ACKED...``, the acks above the watermark). An owner computes its commits
+# itself (it alone acks its topic); a key exists only while its owner owns the topic, so a
+# takeover or an expiry fences it (G4). A script only to be allowed on a full server (a plain
+# SET is refused there). Returns 1 per key written, 0 per key fenced.
+LITE_COMMIT: Final = Script(
+    "lite_commit",
     """
-local g = ARGV[1]
-local of, cf, af = 'o:' .. g, 'c:' .. g, 'a:' .. g
 local out = {}
-local a = 2
-for t = 1, #KEYS do
-  local meta = KEYS[t]
-  local token, epoch, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  local first_arg, last_arg = a + 3, a + 2 + count
-  a = last_arg + 1
-  local o, e, c, ac = unpack(redis.call('HMGET', meta, of, 'e', cf, af))
-  if o ~= token or e ~= epoch then
-    out[t] = 0
-  elseif not ac and count == 1 and c and c ~= '' and tonumber(ARGV[first_arg]) == c + 1 then
-    -- the common case: one ack, in order, nothing acked above it
-    redis.call('HSET', meta, cf, ARGV[first_arg])
-    out[t] = 1
-  else
-    local f = redis.call('HGET', meta, 'f')
-    local base = math.max(tonumber(c) or 0, (tonumber(f) or 1) - 1)
-    local acked = {}
-    if ac then
-      for off in string.gmatch(ac, '%d+') do acked[tonumber(off)] = true end
-    end
-    for i = first_arg, last_arg do
-      local off = tonumber(ARGV[i])
-      if off == base + 1 then
-        base = off
-      elseif off > base then
-        acked[off] = true
-      end
-    end
-    while acked[base + 1] do
-      base = base + 1
-      acked[base] = nil
-    end
-    redis.call('HSET', meta, cf, base)
-    local rest = {}
-    for off in pairs(acked) do
-      if off > base then rest[#rest + 1] = off end
-    end
-    if #rest > 0 then
-      table.sort(rest)
-      redis.call('HSET', meta, af, table.concat(rest, ','))
-    elseif ac then
-      redis.call('HDEL', meta, af)
-    end
-    out[t] = 1
-  end
+for i = 1, #KEYS do
+  out[i] = redis.call('SET', KEYS[i], ARGV[i], 'XX', 'KEEPTTL') and 1 or 0
 end
 return out
 """,
@@ -698,7 +717,7 @@ SCRIPTS: Final = (
     LITE_UNSUBSCRIBE,
     LITE_KEEP,
     LITE_FETCH,
-    LITE_ACK,
+    LITE_COMMIT,
     ORDERED_SEND,
     ORDERED_HEARTBEAT,
     ORDERED_CLAIM,
