@@ -203,11 +203,9 @@ class RedisBackend:
             if member is None:
                 continue
             if type(record) is NoteData:
-                member.on_records(
-                    record.topic, record.generation, record.epoch, record.first, record.bodies
-                )
+                member.on_records(record.generation, record.epoch, record.first, record.bodies)
             else:
-                member.on_revoked(record.topic, record.generation)
+                member.on_revoked(record.generation)
 
     # -- declarations ------------------------------------------------------------------------------
 

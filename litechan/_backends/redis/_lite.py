@@ -82,23 +82,22 @@ decode_body: Final = msgspec.msgpack.Decoder(_Body).decode
 
 
 class NoteData(msgspec.Struct, array_like=True, tag="D", frozen=True):
-    """Messages of a lite topic the member owns, in a note: ``['D', member, generation, topic,
-    epoch, first offset, [body, ...]]`` (one record per topic and script call)."""
+    """Messages of a lite topic the member owns, in a note: ``['D', member, generation, epoch,
+    first offset, [body, ...]]`` (one record per topic and script call; the generation says
+    which of the member's subscriptions)."""
 
     member: str
     generation: int
-    topic: str
     epoch: str
     first: int
     bodies: list[_Body]
 
 
 class NoteRevoked(msgspec.Struct, array_like=True, tag="R", frozen=True):
-    """A lite topic the member owned was taken over: ``['R', member, generation, topic]``."""
+    """A lite topic the member owned was taken over: ``['R', member, generation]``."""
 
     member: str
     generation: int
-    topic: str
 
 
 #: A note on a partition channel: a msgpack array of records, decoded in one call.
@@ -117,12 +116,11 @@ def partition_of(lite_topic: str, partitions: int) -> int:
 
 
 class _Route(NamedTuple):
-    """A lite topic's partition, keys, and name as scripts get it (msgpack)."""
+    """A lite topic's partition and keys."""
 
     partition: int
     meta: bytes
     data: bytes
-    name: bytes
 
 
 class RedisLiteTopics:
@@ -160,7 +158,6 @@ class RedisLiteTopics:
                 partition,
                 f"{tag}:m:{lite_topic}".encode(),
                 f"{tag}:d:{lite_topic}".encode(),
-                _encode(lite_topic),
             )
         return route
 
@@ -206,7 +203,7 @@ class RedisLiteTopics:
                 keys, futures, size = [], [], 0
                 args = [self.ttl_ms, self.spec.max_len, f"{self._random.getrandbits(48):012x}"]
             keys += (route.meta, route.data)
-            args += (route.name, count)
+            args.append(count)
             args += queued[1::2]
             futures += queued[2::2]
             size += count
@@ -408,6 +405,8 @@ class RedisLiteMember:
         self._listener = listener
         self._members = members
         self._owned: dict[str, _Own] = {}
+        #: Which topic each generation owns: notes name a subscription by its generation.
+        self._topic_of: dict[int, str] = {}
         self._generations = itertools.count(1)
         self._acks: dict[str, AckBatch] = {}
         self._hooked = False
@@ -433,7 +432,7 @@ class RedisLiteMember:
         """Where publishes send this subscription's messages: the msgpack start of its records,
         ``['D', member, generation`` (the member id starts with this broker's id, which names
         the broker's note channel in each partition)."""
-        return b"\x97\xa1D" + _encode(self._id) + _encode(generation)
+        return b"\x96\xa1D" + _encode(self._id) + _encode(generation)
 
     # -- ownership -------------------------------------------------------------------------------
 
@@ -443,6 +442,7 @@ class RedisLiteMember:
         token = self._token(generation)
         own = _Own(generation, token, self._commit_key(lite_topic, generation))
         self._owned[lite_topic] = own  # before the reply: notes may overtake it
+        self._topic_of[generation] = lite_topic
         try:
             reply = await self._client.run(
                 LITE_SUBSCRIBE,
@@ -452,7 +452,6 @@ class RedisLiteMember:
                     token,
                     str(start),
                     self._topics.ttl_ms,
-                    _encode(lite_topic),
                     self._address(generation),
                 ),
             )
@@ -460,7 +459,7 @@ class RedisLiteMember:
             # It may have run (its reply lost in a cut) or run later (cancelled while queued):
             # nothing of it may stay, here or on the server.
             if self._owned.get(lite_topic) is own:
-                del self._owned[lite_topic]
+                self._forget(lite_topic)
             self._give_up(lite_topic, token, own.commit_key)
             raise
         epoch, next_offset, last, pttl, acked = reply
@@ -498,7 +497,7 @@ class RedisLiteMember:
 
     async def unsubscribe(self, lite_topic: str) -> None:
         await self._settle(lite_topic)
-        own = self._owned.pop(lite_topic, None)
+        own = self._forget(lite_topic)
         if own is not None:
             call = self._give_up(lite_topic, own.token, own.commit_key)
             if call is not None:
@@ -514,13 +513,14 @@ class RedisLiteMember:
             waits = [batch.wait() for batch in batches]
             await self._client.bounded(asyncio.gather(*waits, return_exceptions=True))
         owned, self._owned = self._owned, {}
+        self._topic_of.clear()
         calls = [self._give_up(topic, own.token, own.commit_key) for topic, own in owned.items()]
         pending = [call for call in calls if call is not None]
         if pending:
             await self._client.bounded(asyncio.gather(*pending, return_exceptions=True))
 
     def _end(self, lite_topic: str, reason: EndReason) -> None:
-        if self._owned.pop(lite_topic, None) is not None:
+        if self._forget(lite_topic) is not None:
             self._acks.pop(lite_topic, None)
             log = logger.info if reason is EndReason.REVOKED else logger.debug
             log(
@@ -534,10 +534,19 @@ class RedisLiteMember:
 
     # -- notes (called by the backend's pub/sub reader) ------------------------------------------
 
-    def on_records(
-        self, lite_topic: str, generation: int, epoch: str, first: int, bodies: list[Any]
-    ) -> None:
-        """A note brought the messages *first*, *first* + 1, ... of *lite_topic*."""
+    def _forget(self, lite_topic: str) -> _Own | None:
+        """Stop owning *lite_topic* here; return what was known of it."""
+        own = self._owned.pop(lite_topic, None)
+        if own is not None:
+            self._topic_of.pop(own.generation, None)
+        return own
+
+    def on_records(self, generation: int, epoch: str, first: int, bodies: list[Any]) -> None:
+        """A note brought the messages *first*, *first* + 1, ... of the topic *generation*
+        owns."""
+        lite_topic = self._topic_of.get(generation)
+        if lite_topic is None:
+            return
         own = self._owned.get(lite_topic)
         if own is None or own.generation != generation:
             return
@@ -566,7 +575,10 @@ class RedisLiteMember:
         own.hi = last
         self._listener.on_data(lite_topic)
 
-    def on_revoked(self, lite_topic: str, generation: int) -> None:
+    def on_revoked(self, generation: int) -> None:
+        lite_topic = self._topic_of.get(generation)
+        if lite_topic is None:
+            return
         own = self._owned.get(lite_topic)
         if own is not None and own.generation == generation:
             self._end(lite_topic, EndReason.REVOKED)
@@ -608,14 +620,14 @@ class RedisLiteMember:
         if reply[0] == b"R":
             epoch = reply[1].decode()
             reason = EndReason.EXPIRED if own.epoch and epoch != own.epoch else EndReason.REVOKED
-            self._owned.pop(lite_topic, None)
+            self._forget(lite_topic)
             return LiteBatch("", (), from_offset, ended=reason)
         epoch, last, first, elements = reply
         epoch = epoch.decode()
         if not epoch:
             return LiteBatch("", (), from_offset)
         if own.epoch and epoch != own.epoch:
-            self._owned.pop(lite_topic, None)
+            self._forget(lite_topic)
             return LiteBatch("", (), from_offset, ended=EndReason.EXPIRED)
         own.epoch = epoch
         last, first = int(last), int(first)

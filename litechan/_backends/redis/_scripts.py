@@ -124,9 +124,9 @@ return redis.call('HGET', KEYS[1], ARGV[1])
 # characters), and the broker's note channel in the partition is ``{TAG}:n:BROKER``. Notes go
 # out with SPUBLISH on Redis 7 (sharded: a script may publish only in its own slot, which a
 # cluster needs) and PUBLISH on 6.2 (``@PUBLISH@``). A note is a msgpack array of records:
-# ``['D', member, generation, topic, epoch, first offset, [body, ...]]`` (one per topic and call)
-# and ``['R', member, generation, topic]`` (the topic was taken over). Scripts get a topic's
-# name msgpack-encoded by the client, ready to be copied into records.
+# ``['D', member, generation, epoch, first offset, [body, ...]]`` (one per topic and call) and
+# ``['R', member, generation]`` (the topic was taken over); a member knows which topic each of
+# its generations owns.
 
 # Helpers: the msgpack header of an array of n elements; msgpack uint of an offset; where the
 # note address starting at `pos` of `p` ends; the note channel of the broker of the address
@@ -196,8 +196,8 @@ end
 """
 
 # KEYS: meta and list of each topic of the call (2 per topic, one partition).
-# ARGV: ttl_ms, max_len, epoch seed (12 characters), then per topic: name (msgpack), count, and
-# `count` message bodies. Appends every message, trims to max_len, and sends each owner's broker
+# ARGV: ttl_ms, max_len, epoch seed (12 characters), then per topic: count, and `count` message
+# bodies. Appends every message, trims to max_len, and sends each owner's broker
 # one note for the whole call (one record per topic). The keys' TTL is set to 1.1 x ttl and
 # refreshed only once ttl/10 has passed since it last was (field x): a topic is deleted between
 # ttl and 1.1 x ttl after its last publish, and a burst of publishes costs no PEXPIRE. Elements
@@ -216,7 +216,7 @@ local out, notes, sizes, counts, channels = {}, {}, {}, {}, {}
 local a = 4
 for t = 1, #KEYS / 2 do
   local meta, data = KEYS[2 * t - 1], KEYS[2 * t]
-  local c = tonumber(ARGV[a + 1])
+  local c = tonumber(ARGV[a])
   local state = redis.call('HMGET', meta, 'e', 'f', 'x', 'p')
   local e, f, x, p = state[1], state[2], state[3], state[4]
   local fresh = not e
@@ -227,7 +227,7 @@ for t = 1, #KEYS / 2 do
   end
   local len
   for i = 0, c - 1, 1000 do
-    len = redis.call('RPUSH', data, unpack(ARGV, a + 2 + i, a + 1 + math.min(i + 1000, c)))
+    len = redis.call('RPUSH', data, unpack(ARGV, a + 1 + i, a + math.min(i + 1000, c)))
   end
   local n = f + len - 1
   local first = n - c + 1
@@ -253,9 +253,9 @@ for t = 1, #KEYS / 2 do
   if p then
     local tail
     if c < 16 and first < 4294967296 then
-      tail = ARGV[a] .. '\176' .. e .. struct.pack('>BI4B', 206, first, 144 + c)
+      tail = '\176' .. e .. struct.pack('>BI4B', 206, first, 144 + c)
     else
-      tail = ARGV[a] .. '\176' .. e .. uint(first) .. array_header(c)
+      tail = '\176' .. e .. uint(first) .. array_header(c)
     end
     local pos = 1
     while pos <= #p do
@@ -274,12 +274,12 @@ for t = 1, #KEYS / 2 do
         parts[k + 1] = string.sub(p, pos, stop)
       end
       parts[k + 2] = tail
-      for i = 1, c do parts[k + 2 + i] = ARGV[a + 1 + i] end
+      for i = 1, c do parts[k + 2 + i] = ARGV[a + i] end
       sizes[broker], counts[broker] = k + 2 + c, counts[broker] + 1
       pos = stop + 1
     end
   end
-  a = a + 2 + c
+  a = a + 1 + c
 end
 for broker, parts in pairs(notes) do
   parts[1] = array_header(counts[broker])
@@ -291,7 +291,7 @@ return out
 )
 
 # KEYS: meta, list, the subscriber's commit key. ARGV: group, token, start ('committed'|
-# 'earliest'|'latest'|offset), ttl_ms, topic name (msgpack), note address. Takes ownership for
+# 'earliest'|'latest'|offset), ttl_ms, note address. Takes ownership for
 # the group: the previous owner's commits are folded into the group's and its commit key
 # deleted (so it can commit nothing more, G4), and it gets a note. The new owner's commit key
 # starts at the group's position and lives as long as the topic. Returns {epoch or '',
@@ -308,11 +308,11 @@ local prev, address = unpack(redis.call('HMGET', meta, 'o:' .. g, 'p:' .. g))
 if prev and prev ~= token then
   fold(meta, g, commit_key(meta, prev))
   if address then
-    local record = '\148\161R' .. string.sub(address, 4) .. ARGV[5]
+    local record = '\147\161R' .. string.sub(address, 4)
     redis.call('@PUBLISH@', channel(meta, address, 1), '\145' .. record)
   end
 end
-redis.call('HSET', meta, 'o:' .. g, token, 'p:' .. g, ARGV[6])
+redis.call('HSET', meta, 'o:' .. g, token, 'p:' .. g, ARGV[5])
 owners_changed(meta)
 local e, f = unpack(redis.call('HMGET', meta, 'e', 'f'))
 if not e then
