@@ -489,7 +489,8 @@ class RedisLiteMember:
 
     async def _settle(self, lite_topic: str) -> None:
         """Send *lite_topic*'s pending acks and wait for their answer: an ownership change of
-        this member must not overtake its own acks, or they would be fenced."""
+        this member must not overtake its own acks, or they would be fenced (a commit refused
+        with a transient error is sent again after the commands queued behind it ran)."""
         batch = self._flush_acks(lite_topic)
         if batch is not None:
             with contextlib.suppress(LitechanError):  # a failed ack is logged by the client
@@ -497,11 +498,11 @@ class RedisLiteMember:
 
     async def unsubscribe(self, lite_topic: str) -> None:
         await self._settle(lite_topic)
+        # The release is not waited for: it is persistent, and fenced by its token, so it never
+        # touches a later subscription even if it reaches the server after one.
         own = self._forget(lite_topic)
         if own is not None:
-            call = self._give_up(lite_topic, own.token, own.commit_key)
-            if call is not None:
-                await self._client.bounded(asyncio.shield(call))
+            self._give_up(lite_topic, own.token, own.commit_key)
 
     async def aclose(self) -> None:
         self._closed = True
