@@ -9,6 +9,10 @@ a gateway, which has no lease, by having read its notes channel since it last st
 
 from __future__ import annotations
 
+import asyncio
+import time
+from contextvars import Context
+
 import anyio
 import pytest
 import redis.asyncio
@@ -165,3 +169,34 @@ async def test_partition_taken_while_another_is_renewed_is_dropped_at_once(
                 await audio.send(kept, b"kept")
                 (after,) = await take(requests, 1, "the next request")
                 assert after.payload == b"kept", f"handed out {after.payload!r} of a lost partition"
+
+
+@asyncio_only
+async def test_stalled_loop_proves_its_notes_again_by_itself(redis_url: str) -> None:
+    """After the event loop stalls, the fence's timer starts a notes round trip on its own, and
+    the fence is ahead again without any reader asking for it."""
+
+    async def stall_and_recover() -> None:
+        async with litechan.connect(litechan_url(redis_url)) as broker:
+            backend = broker._backend
+            fence, notes = backend._fence, backend._notes  # type: ignore[attr-defined]
+            synced = anyio.Event()
+            sync = notes.sync
+
+            async def watched_sync() -> None:
+                synced.set()
+                await sync()
+
+            notes.sync = watched_sync
+            time.sleep(0.7)  # noqa: ASYNC251  # the stall itself: the loop blocked past the fence
+            stalled_at = time.monotonic()
+            assert fence.until < stalled_at, "the fence still covers a stalled loop"
+            with anyio.fail_after(10):
+                await synced.wait()  # a round started, and no reader asked for one
+                await fence.confirm()  # (joins it, or one after it)
+            assert fence.until > stalled_at
+
+    # As under asyncio.run(): no context variable tells anyio which event loop a timer
+    # callback runs on (the test runner sets one).
+    task = asyncio.get_running_loop().create_task(stall_and_recover(), context=Context())
+    await task

@@ -262,14 +262,18 @@ class Fence:
 
     def __init__(self, notes: Notes, task_group: anyio.abc.TaskGroup) -> None:
         self._notes = notes
-        self._task_group = task_group
         self._round: anyio.Event | None = None
+        self._wanted = asyncio.Event()  # a round is asked for (set by the timer, too)
+        self._done = False
         self._stalled = False
         self._stalled_at = -math.inf  # when the last stall was seen
         self._loop = asyncio.get_running_loop()
         self._last = time.monotonic()
         self.until = self._last + STALL
         self._timer = self._loop.call_later(_TICK, self._tick)
+        # Rounds run in a task of their own: the timer is a loop callback, which cannot start
+        # a task in the broker's task group (anyio needs a running task for that).
+        task_group.start_soon(self._rounds)
 
     async def confirm(self) -> None:
         """Return once every note published before the call was handled."""
@@ -281,12 +285,24 @@ class Fence:
 
     def _start_round(self) -> anyio.Event:
         event = self._round = anyio.Event()
-        try:
-            self._task_group.start_soon(self._sync, event)
-        except RuntimeError:  # the broker is closing: nothing to prove any more
+        if self._done:  # the broker is closing: nothing to prove any more
             self._round = None
             event.set()
+        else:
+            self._wanted.set()
         return event
+
+    async def _rounds(self) -> None:
+        try:
+            while True:
+                await self._wanted.wait()
+                self._wanted.clear()
+                if self._round is not None:
+                    await self._sync(self._round)
+        finally:
+            self._done = True
+            if self._round is not None:
+                self._round.set()
 
     async def _sync(self, event: anyio.Event) -> None:
         started = time.monotonic()
