@@ -9,9 +9,9 @@ a. **Batching.** 100 concurrent tasks each awaiting one ``XADD`` (320 bytes) at 
    plain redis-py ``redis.asyncio.Redis``; the same XADDs through redis-py pipelines of 200
    (``transaction=False``, one task); the same XADDs from 100 concurrent tasks through litechan's
    auto-batching ``Client`` (what the Redis backend uses). msg/s each.
-b. **Packing.** Client-side cost of encoding one ``EVALSHA`` with 6 arguments after ``numkeys``
-   (the shape of a lite publish): redis-py's asyncio ``Connection.pack_command`` vs litechan's
-   ``_client.pack`` (µs per call, best of 5 ``timeit`` runs).
+b. **Packing.** Client-side cost of encoding one ``EVALSHA`` with 7 arguments after ``numkeys``
+   (the shape of a lite publish of one message): redis-py's asyncio ``Connection.pack_command``
+   vs litechan's ``pack`` (hiredis' encoder; µs per call, best of 5 ``timeit`` runs).
 c. **Delivery to a subscriber owning S=5,000 streams.** 20,000 messages of 320 bytes, published
    round-robin over the S streams in pipelined batches of 50 (the next batch once the previous
    one is delivered): a reader looping ``XREAD BLOCK`` over all S keys with their last ids, vs a
@@ -21,9 +21,10 @@ c. **Delivery to a subscriber owning S=5,000 streams.** 20,000 messages of 320 b
 d. **Memory per idle lite topic.** litechan publishes one 320-byte message to each of 10,000 lite
    topics (its own namespace); the growth of ``used_memory`` (``INFO memory``, read with no
    litechan connection open) divided by 10,000, and ``MEMORY USAGE`` of the two keys of one topic
-   (``{ns:l:PARENT:TOPIC}:s`` and ``:m``); once with the server's default
-   ``stream-node-max-bytes`` (4096: Redis preallocates a new stream's first node up to it) and
-   once with it set to 512 (``CONFIG SET``, a server setting). Target: <= 1 KiB per topic.
+   (its list ``{TAG}:d:TOPIC`` and hash ``{TAG}:m:TOPIC``). The alternative it replaced, measured
+   the same way: a stream per topic holding the message as one entry, beside the same small hash
+   (written with redis-py pipelines), at the server's default ``stream-node-max-bytes`` (4096:
+   Redis preallocates a new stream's first node up to it). Target: <= 1 KiB per topic.
 
 Command (from the repository root, after ``pip install -e ".[redis]"``, with ``redis-server``
 on ``PATH``; about a minute on a 2-core machine)::
@@ -67,6 +68,7 @@ PACE: Final = 50  # messages published per batch (c)
 BUDGET: Final = 20.0  # seconds at most per contender (c)
 TOPICS: Final = 10_000  # idle lite topics (d)
 TARGET_BYTES: Final = 1024  # per idle lite topic (d)
+TOPIC_NAMES: Final = [str(uuid.UUID(int=i, version=4)) for i in range(TOPICS)]
 
 
 # -- the private redis-server ---------------------------------------------------------------------
@@ -180,12 +182,13 @@ def measure_packing() -> dict[str, float]:
         "EVALSHA",
         "0123456789abcdef0123456789abcdef01234567",
         2,
-        "{litechan:l:replies:6f1c2b8e-9d4a-4c1e-8f7a-2b3c4d5e6f70}:s",
-        "{litechan:l:replies:6f1c2b8e-9d4a-4c1e-8f7a-2b3c4d5e6f70}:m",
-        PAYLOAD,
-        600_000,
+        "{litechan:l:replies:0.0}:m:6f1c2b8e-9d4a-4c1e-8f7a-2b3c4d5e6f70",
+        "{litechan:l:replies:0.0}:d:6f1c2b8e-9d4a-4c1e-8f7a-2b3c4d5e6f70",
+        660_000,
         10_000,
-        "a1b2c3d4e5f60718",
+        "a1b2c3d4e5f6",
+        1,
+        PAYLOAD,
     )
     conn = Connection()
     assert b"".join(conn.pack_command(*args)) == pack(args)  # the same bytes on the wire
@@ -197,9 +200,9 @@ def measure_packing() -> dict[str, float]:
 
     redis_py = best(lambda: conn.pack_command(*args))
     ours = best(lambda: pack(args))
-    print("b. packing one EVALSHA with 6 arguments after numkeys (client CPU per command)")
+    print("b. packing one EVALSHA with 7 arguments after numkeys (client CPU per command)")
     row("redis-py Connection.pack_command", f"{redis_py:.2f} µs", 1.0)
-    row("litechan _client.pack", f"{ours:.2f} µs", redis_py / ours)
+    row("litechan pack (hiredis)", f"{ours:.2f} µs", redis_py / ours)
     return {"redis-py pack_command": redis_py, "litechan pack": ours}
 
 
@@ -358,59 +361,69 @@ async def measure_delivery(server: RedisServer) -> dict[str, float]:
 # -- d. memory per idle lite topic ----------------------------------------------------------------
 
 
-async def _footprint(server: RedisServer, namespace: str) -> tuple[float, float, dict[str, int]]:
-    """(used_memory growth per topic, keys per topic, MEMORY USAGE of one topic's keys)."""
+async def _litechan_footprint(server: RedisServer, namespace: str) -> tuple[float, float]:
+    """(used_memory growth per topic, keys per topic) of 10,000 litechan lite topics."""
     server.flush()
-    topics = [str(uuid.UUID(int=i, version=4)) for i in range(TOPICS)]
     await asyncio.sleep(0.2)
     before = server.used_memory()
-    keys_before = int(server.client.dbsize())
     async with litechan.connect(server.url(namespace)) as broker:
-        replies = broker.lite_topics("replies")
+        replies = broker.lite_topics("replies", ttl=600.0)
 
         async def publish(offset: int) -> None:
-            for topic in topics[offset::TASKS]:
+            for topic in TOPIC_NAMES[offset::TASKS]:
                 await replies.publish(topic, PAYLOAD)
 
         async with anyio.create_task_group() as tg:
             for i in range(TASKS):
                 tg.start_soon(publish, i)
     await asyncio.sleep(0.2)  # the server has dropped the broker's connections
-    after = server.used_memory()
-    keys = int(server.client.dbsize()) - keys_before
-    tag = f"{{{namespace}:l:replies:{topics[0]}}}"
-    usage = {
-        suffix: int(server.client.memory_usage(tag + suffix, samples=0) or 0)
-        for suffix in (":s", ":m")
-    }
-    return (after - before) / TOPICS, keys / TOPICS, usage
+    return (server.used_memory() - before) / TOPICS, int(server.client.dbsize()) / TOPICS
+
+
+def _stream_footprint(server: RedisServer) -> tuple[float, float]:
+    """The same for a stream per topic holding one entry, beside a small hash."""
+    server.flush()
+    before = server.used_memory()
+    pipe = server.client.pipeline(transaction=False)
+    for topic in TOPIC_NAMES:
+        tag = f"{{alt:l:replies:{topic}}}"
+        pipe.xadd(tag + ":s", {"b": PAYLOAD}, id="0-1")
+        pipe.hset(tag + ":m", mapping={"e": "a1b2c3d4e5f60718", "n": 1})
+        pipe.pexpire(tag + ":s", 600_000)
+        pipe.pexpire(tag + ":m", 600_000)
+    pipe.execute()
+    return (server.used_memory() - before) / TOPICS, int(server.client.dbsize()) / TOPICS
+
+
+def _memory_usage(server: RedisServer, pattern: str) -> int:
+    (key,) = server.client.keys(pattern)[:1]
+    return int(server.client.memory_usage(key, samples=0) or 0)
 
 
 async def measure_memory(server: RedisServer) -> dict[str, float]:
     print(
         f"d. Redis memory per idle lite topic with one {len(PAYLOAD)} B message "
-        f"({TOPICS:,} topics, ttl 600 s)"
+        f"({TOPICS:,} topics, ttl 600 s, the server's default stream-node-max-bytes)"
     )
-    default = str(server.client.config_get("stream-node-max-bytes")["stream-node-max-bytes"])
-    results: dict[str, float] = {}
-    for node_max_bytes in (default, "512"):
-        server.client.config_set("stream-node-max-bytes", node_max_bytes)
-        per_topic, keys, usage = await _footprint(server, "altmem")
-        setting = f"stream-node-max-bytes {node_max_bytes}"
-        if node_max_bytes == default:
-            setting += " (the server's default)"
-        print(f"   with {setting}:")
-        row(
-            "  used_memory growth per topic (ratio to the 1 KiB target)",
-            f"{per_topic:,.0f} B",
-            per_topic / TARGET_BYTES,
-        )
-        row("  keys per topic", f"{keys:.2f}")
-        for suffix, used in usage.items():
-            row(f"  MEMORY USAGE {{ns:l:replies:TOPIC}}{suffix}", f"{used:,} B")
-        results[f"bytes per topic, stream-node-max-bytes {node_max_bytes}"] = per_topic
-    server.client.config_set("stream-node-max-bytes", default)
-    return results
+    one = TOPIC_NAMES[0]
+    per_topic, keys = await _litechan_footprint(server, "altmem")
+    row(
+        "  litechan: used_memory growth per topic (ratio to 1 KiB)",
+        f"{per_topic:,.0f} B",
+        per_topic / TARGET_BYTES,
+    )
+    row("    keys per topic", f"{keys:.2f}")
+    row("    MEMORY USAGE of its list {TAG}:d:TOPIC", f"{_memory_usage(server, f'*:d:{one}'):,} B")
+    row("    MEMORY USAGE of its hash {TAG}:m:TOPIC", f"{_memory_usage(server, f'*:m:{one}'):,} B")
+    stream, stream_keys = _stream_footprint(server)
+    row(
+        "  a stream per topic: used_memory growth per topic",
+        f"{stream:,.0f} B",
+        stream / TARGET_BYTES,
+    )
+    row("    keys per topic", f"{stream_keys:.2f}")
+    row("    MEMORY USAGE of the stream", f"{_memory_usage(server, f'*{one}}}:s'):,} B")
+    return {"bytes per topic, litechan": per_topic, "bytes per topic, a stream each": stream}
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -350,7 +350,10 @@ class Subscriber:
             return known.channel
         ts = _TopicSub(self, lite_topic, subscription.generation, subscription.next_offset)
         self._subs[lite_topic] = ts
-        self._mark_ready(ts)
+        if subscription.backlog:
+            self._mark_ready(ts)
+        else:
+            ts.notified = False  # the member tells when records come (a new session, usually)
         return ts.channel
 
     async def unsubscribe(self, lite_topic: str) -> None:

@@ -117,10 +117,17 @@ class OrderedBatch:
 
 @attrs.frozen
 class Subscription:
-    """The result of :meth:`LiteMember.subscribe`: the ownership token and where reading starts."""
+    """The result of :meth:`LiteMember.subscribe`: the ownership token and where reading starts.
+
+    ``backlog`` is False only when the member knows that nothing is there to read from
+    ``next_offset`` on yet (and holds nothing of it): the subscriber then waits for the member's
+    news instead of fetching once, which matters to a gateway that subscribes to thousands of
+    new sessions at once.
+    """
 
     generation: int
     next_offset: int
+    backlog: bool = True
 
 
 class LiteBatch(NamedTuple):

@@ -485,7 +485,7 @@ class _LiteMember:
         self.owned[lite_topic] = generation
         topic = parent.topics.get(lite_topic)
         if topic is None:
-            return Subscription(generation, start if isinstance(start, int) else 1)
+            return Subscription(generation, start if isinstance(start, int) else 1, backlog=False)
         cursor = topic.groups.get(self.group)
         if start == "committed":
             if cursor is None:
@@ -508,7 +508,7 @@ class _LiteMember:
                 next_offset = start
             # An explicit start repositions the group: what lies before it counts as done.
             topic.groups[self.group] = _GroupCursor(next_offset - 1)
-        return Subscription(generation, next_offset)
+        return Subscription(generation, next_offset, backlog=next_offset < topic.log.next)
 
     def _drop(self, lite_topic: str) -> None:
         if self.owned.pop(lite_topic, None) is None:

@@ -462,16 +462,19 @@ class RedisLiteMember:
                 self._forget(lite_topic)
             self._give_up(lite_topic, token, own.commit_key)
             raise
-        epoch, next_offset, last, pttl, acked = reply
-        if self._owned.get(lite_topic) is own:
-            own.committed = int(next_offset) - 1
-            own.acked = {int(offset) for offset in acked.split(b",") if offset}
-            if not own.epoch:
-                own.epoch = epoch.decode()
-            own.hi = max(own.hi, int(last))
-            seconds = max(0, int(pttl)) / 1000
-            self._track(lite_topic, seconds if own.epoch else seconds / 2)
-        return Subscription(generation, int(next_offset))
+        epoch, start_at, last, pttl, acked = reply
+        next_offset = int(start_at)
+        if self._owned.get(lite_topic) is not own:
+            return Subscription(generation, next_offset)
+        own.committed = next_offset - 1
+        own.acked = {int(offset) for offset in acked.split(b",") if offset}
+        if not own.epoch:
+            own.epoch = epoch.decode()
+        own.hi = max(own.hi, int(last))
+        seconds = max(0, int(pttl)) / 1000
+        self._track(lite_topic, seconds if own.epoch else seconds / 2)
+        # Nothing to read yet (a new session, usually): the notes will say when there is.
+        return Subscription(generation, next_offset, backlog=own.hi >= next_offset)
 
     def _give_up(
         self, lite_topic: str, token: str, commit_key: bytes
