@@ -6,6 +6,8 @@ Redis in test_conformance.py and test_model.py) and the fault tests in test_redi
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 import redis
@@ -178,6 +180,38 @@ async def test_lite_partitions_spread_a_parent_and_must_agree(redis_server: Redi
         assert len(tags) == 4, tags
     finally:
         client.close()
+
+
+@asyncio_only
+async def test_sends_of_one_batch_keep_order_and_dedupe_among_themselves(
+    redis_server: RedisServer,
+) -> None:
+    """Sends made together travel in one call per partition: they get consecutive offsets in
+    call order, and a dedupe id repeated inside the batch is stored once (G11)."""
+    url = litechan_url(redis_server.url, namespace=fresh_namespace("batch"))
+    with anyio.fail_after(20):
+        async with litechan.connect(url) as broker:
+            audio = broker.ordered_topic("audio", partitions=1)
+            receipts = await asyncio.gather(
+                audio.send("k", b"a", dedupe_id="same"),
+                audio.send("k", b"b"),
+                audio.send("k", b"a again", dedupe_id="same"),
+                audio.send("k", b"c", dedupe_id="other"),
+            )
+            assert [(r.offset, r.duplicate) for r in receipts] == [
+                (1, False),
+                (2, False),
+                (1, True),
+                (3, False),
+            ]
+            async with audio.consumer(group="g", name="w") as consumer:
+                got = []
+                async for msg in consumer:
+                    got.append(msg.payload)
+                    await msg.ack()
+                    if len(got) == 3:
+                        break
+            assert got == [b"a", b"b", b"c"]
 
 
 @asyncio_only

@@ -8,12 +8,13 @@ messages, never on sleeps. Everything runs on asyncio: redis-py's client is asyn
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -789,3 +790,35 @@ def test_deadline_around_an_open_broker_does_not_hang(redis_url: str, what: str)
     assert done.returncode == 0, output
     left_after = float(output.split("left after ")[1].split()[0])
     assert left_after < 3.0, output
+
+
+@asyncio_only
+async def test_foreign_entry_past_every_offset_refuses_sends_until_deleted(redis_url: str) -> None:
+    """An entry another program added with a time-based id makes every send to its partition
+    raise CorruptEntry naming it (sends batched with it included), and sends work again once it
+    is deleted and the stream's last id set back (G12)."""
+    namespace = namespace_of(redis_url)
+    admin = redis.asyncio.Redis.from_url(plain_redis_url(redis_url))
+    try:
+        with anyio.fail_after(30):
+            async with litechan.connect(redis_url) as broker:
+                audio = broker.ordered_topic("audio", partitions=1)
+                assert (await audio.send("k", b"one")).offset == 1
+                (stream,) = await stream_keys(admin, namespace)
+                foreign = (await admin.xadd(stream, {"x": "1"})).decode()  # id "<ms>-0"
+                outcomes = await gather_outcomes(
+                    *(audio.send("k", b"refused-%d" % i) for i in range(3))
+                )
+                for outcome in outcomes:
+                    assert isinstance(outcome, litechan.CorruptEntry), outcome
+                    assert foreign in str(outcome), outcome
+                await admin.xdel(stream, foreign)
+                await admin.execute_command("XSETID", stream, "0-1")  # what an operator does
+                assert (await audio.send("k", b"two")).offset == 2
+    finally:
+        await admin.aclose()
+
+
+async def gather_outcomes(*calls: Awaitable[object]) -> list[object]:
+    """Each call's result, or the exception it raised."""
+    return list(await asyncio.gather(*calls, return_exceptions=True))

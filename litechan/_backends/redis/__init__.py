@@ -283,7 +283,7 @@ class RedisBackend:
     ) -> Receipt:
         topic = await self._ordered_topic(spec)
         now = self._backend_options.clock.time()
-        return await topic.send(partition, key, payload, headers, dedupe_id, now)  # translated
+        return await topic.send(partition, key, payload, headers, dedupe_id, now)
 
     async def join_group(
         self,

@@ -318,22 +318,30 @@ class Client:
         want_future: bool = True,
         on_done: OnDone | None = None,
     ) -> asyncio.Future[Any] | None:
-        if self._closed:
-            raise BrokerUnavailable("the broker's Redis connection is closed")
         now = time.monotonic()
         retry = self._options.retry
-        down = self._down_since
-        if down is not None and now - down >= retry and not persistent:
-            raise BrokerUnavailable(
-                f"Redis at {self.server} unreachable for {now - down:.1f} s, longer than the "
-                f"retry option ({retry} s): {self._last_error}"
-            )
+        if self._closed or (self._down_since is not None and not persistent):
+            self.admit()
         future = asyncio.get_running_loop().create_future() if want_future else None
         deadline = math.inf if persistent else now + retry
         self._queue.append(_Call(packed, future, deadline, script, on_done))
         if not self._has_work.is_set():
             self._has_work.set()
         return future
+
+    def admit(self) -> None:
+        """Raise what a new call gets at once: the broker is closed, or an outage has lasted
+        longer than ``retry`` (for callers that queue their call later, in a flush hook)."""
+        if self._closed:
+            raise BrokerUnavailable("the broker's Redis connection is closed")
+        down = self._down_since
+        if down is not None:
+            now, retry = time.monotonic(), self._options.retry
+            if now - down >= retry:
+                raise BrokerUnavailable(
+                    f"Redis at {self.server} unreachable for {now - down:.1f} s, longer than "
+                    f"the retry option ({retry} s): {self._last_error}"
+                )
 
     def _future(self, packed: bytes, script: tuple[Script, Sequence[Arg]] | None = None) -> Any:
         future = self._enqueue(packed, script)

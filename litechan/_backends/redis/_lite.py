@@ -168,6 +168,7 @@ class RedisLiteTopics:
 
     def publish(self, lite_topic: str, body: bytes) -> asyncio.Future[int]:
         """Queue *body* for the next batch; the future gets its offset."""
+        self.client.admit()
         route = self._routes.get(lite_topic) or self.route(lite_topic)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         pending = self._pending[route.partition]

@@ -33,6 +33,7 @@ from ..._types import DeadLetter, GroupLag, OrderedTopicStats, PartitionStats, R
 from ..base import Entry, OrderedBatch, OrderedListener, OrderedSpec
 from ._client import AckBatch, Client, OnDone, entry_body
 from ._notes import Notes
+from ._replies import reply_error
 from ._scripts import (
     ORDERED_ACK,
     ORDERED_CLAIM,
@@ -45,11 +46,14 @@ from ._scripts import (
     ORDERED_RENEW,
     ORDERED_SEND,
 )
+from ._wire import ReplyError
 
 __all__ = ["RedisGroupMember", "RedisOrderedTopic"]
 
 logger = structlog.get_logger("litechan")
 
+#: Sends to one partition per script call, at most (a script runs alone on the server).
+SEND_BATCH: Final = 512
 #: Dead letters kept per group and partition (oldest dropped first).
 MAX_DEAD_LETTERS: Final = 10_000
 #: The part of a lease a member does not count on: it stops handing out a partition's messages
@@ -73,6 +77,10 @@ class RedisOrderedTopic:
         self.namespace = namespace
         self.prefix = f"{namespace}:o:{spec.name}"
         self.checked = False
+        #: Per partition: the sends queued for the next batch, (window_ms, dedupe key, body,
+        #: future) each.
+        self._pending: dict[int, list[tuple[int, str, bytes, asyncio.Future[Receipt]]]] = {}
+        self._hooked = False
 
     def tag(self, partition: int) -> str:
         return f"{{{self.prefix}:{partition}}}"
@@ -96,7 +104,7 @@ class RedisOrderedTopic:
     def rebalance_channel(self, group: str) -> str:
         return f"{self.prefix}:rebalance:{group}"
 
-    async def send(
+    def send(
         self,
         partition: int,
         key: str,
@@ -104,17 +112,58 @@ class RedisOrderedTopic:
         headers: dict[str, str],
         dedupe_id: str | None,
         now: float,
-    ) -> Receipt:
-        tag = self.tag(partition)
+    ) -> asyncio.Future[Receipt]:
+        """Queue a message for the next batch; the future gets its receipt. The sends of one
+        partition made between two batches travel in one ``ORDERED_SEND`` call."""
+        self.client.admit()
         window = 0 if dedupe_id is None else round(self.spec.dedupe_window * 1000)
-        dedupe_key = f"{tag}:d:{dedupe_id}" if window else tag + ":m"
+        dedupe_key = f"{self.tag(partition)}:d:{dedupe_id}" if window else ""
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         body = _encode((key, payload, headers or None, now))
-        offset, duplicate = await self.client.run(
-            ORDERED_SEND,
-            (tag + ":s", tag + ":m", dedupe_key),
-            (body, self.spec.max_len, window, partition),
-        )
-        return Receipt(partition, int(offset), duplicate=bool(duplicate))
+        queued = self._pending.get(partition)
+        if queued is None:
+            queued = self._pending[partition] = []
+        queued.append((window, dedupe_key, body, future))
+        if not self._hooked:
+            self._hooked = True
+            self.client.before_flush(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        """Send what was queued since the last batch: one call per partition (a hook)."""
+        self._hooked = False
+        pending, self._pending = self._pending, {}
+        for partition, queued in pending.items():
+            for start in range(0, len(queued), SEND_BATCH):  # a script runs alone: keep it short
+                self._send(partition, queued[start : start + SEND_BATCH])
+
+    def _send(
+        self, partition: int, queued: list[tuple[int, str, bytes, asyncio.Future[Receipt]]]
+    ) -> None:
+        tag = self.tag(partition)
+        keys: list[str] = [tag + ":s", tag + ":m"]
+        args: list[Any] = [self.spec.max_len, partition]
+        for window, dedupe_key, body, _ in queued:
+            if window:
+                keys.append(dedupe_key)
+            args += (window, body)
+
+        def done(outcome: Any) -> None:
+            if isinstance(outcome, BaseException):
+                for *_, future in queued:
+                    if not future.done():
+                        future.set_exception(outcome)
+                return
+            for (*_, future), (offset, outcome_of) in zip(queued, outcome, strict=True):
+                if future.done():
+                    continue
+                if offset:
+                    future.set_result(Receipt(partition, offset, duplicate=outcome_of == 1))
+                else:  # a foreign entry blocks the stream
+                    error = ReplyError(outcome_of.decode())
+                    future.set_exception(reply_error(error, "Redis (ordered_send)"))
+
+        self.client.run_soon(ORDERED_SEND, keys, args, on_done=done)
 
     async def dead_letters(self, group: str) -> list[DeadLetter]:
         replies = await self.client.many(

@@ -56,26 +56,6 @@ __all__ = [
     "SPEC",
 ]
 
-# Appends ARGV[body] to stream KEYS[1] at the next offset of meta KEYS[2] (field n), skipping
-# past foreign entries that took ids in our sequence. Returns the offset.
-_APPEND: Final = """
-local function append(stream, meta, maxlen, body)
-  local n = redis.call('HINCRBY', meta, 'n', 1)
-  local ok = redis.pcall('XADD', stream, 'MAXLEN', maxlen, '0-' .. n, 'b', body)
-  if type(ok) == 'table' and ok.err then
-    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-    local ms, seq = string.match(last[1][1], '^(%d+)-(%d+)$')
-    if ms ~= '0' then
-      return nil, 'LITECHAN_FOREIGN_ID ' .. last[1][1]
-    end
-    n = tonumber(seq) + 1
-    redis.call('HSET', meta, 'n', n)
-    redis.call('XADD', stream, 'MAXLEN', maxlen, '0-' .. n, 'b', body)
-  end
-  return n
-end
-"""
-
 # Notifies every owner recorded in meta (fields o:GROUP) with NOTE .. '|' .. member|gen .. rest.
 _NOTIFY: Final = """
 local function notify(meta, kind, rest)
@@ -465,25 +445,61 @@ return {layout, redis.call('GET', KEYS[1])}
 
 # -- ordered topics ------------------------------------------------------------------------------
 
-# KEYS: stream, meta, dedupe key (or the meta key when there is no dedupe id).
-# ARGV: body, max_len, window_ms (0: no dedupe), partition.
-# Returns {offset, duplicate(0|1)}. Wakes the owner of the partition in every group.
+# KEYS: stream, meta, then the dedupe key of each message that has a dedupe id, in order.
+# ARGV: max_len, partition, then per message: window_ms (0: no dedupe id), body.
+# Appends every message of a batch to one partition at the next offsets (meta field n), skipping
+# past foreign entries that took ids in our sequence, and wakes the owner of the partition in
+# every group once. Returns per message {offset, duplicate(0|1)}, or {0, error} when the
+# stream's last id is past every offset (a foreign entry was added with a time-based id: no
+# id of ours can follow it until the stream's last id is set back with XSETID, G12).
 ORDERED_SEND: Final = Script(
     "ordered_send",
-    _APPEND
-    + _NOTIFY
+    _NOTIFY
     + """
-local stream, meta, dd = KEYS[1], KEYS[2], KEYS[3]
-local window = tonumber(ARGV[3])
-if window > 0 then
-  local known = redis.call('GET', dd)
-  if known then return {tonumber(known), 1} end
+local stream, meta, maxlen = KEYS[1], KEYS[2], ARGV[1]
+local n = tonumber(redis.call('HGET', meta, 'n') or '0')
+local start = n
+local out, d, broken = {}, 3, nil
+for i = 3, #ARGV, 2 do
+  local window = tonumber(ARGV[i])
+  local dd, known
+  if window > 0 then
+    dd, d = KEYS[d], d + 1
+    known = redis.call('GET', dd)
+  end
+  if known then
+    out[#out + 1] = {tonumber(known), 1}
+  elseif broken then
+    out[#out + 1] = {0, broken}
+  else
+    local ok = redis.pcall('XADD', stream, 'MAXLEN', maxlen, '0-' .. (n + 1), 'b', ARGV[i + 1])
+    if type(ok) == 'table' and ok.err then
+      local info, last = redis.call('XINFO', 'STREAM', stream), nil
+      for f = 1, #info, 2 do
+        if info[f] == 'last-generated-id' then last = info[f + 1] end
+      end
+      local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+      if ms ~= '0' then
+        broken = 'LITECHAN_FOREIGN_ID ' .. last
+      else
+        n = tonumber(seq)
+        redis.call('XADD', stream, 'MAXLEN', maxlen, '0-' .. (n + 1), 'b', ARGV[i + 1])
+      end
+    end
+    if broken then
+      out[#out + 1] = {0, broken}
+    else
+      n = n + 1
+      if dd then redis.call('SET', dd, n, 'PX', window) end
+      out[#out + 1] = {n, 0}
+    end
+  end
 end
-local n, err = append(stream, meta, ARGV[2], ARGV[1])
-if not n then return redis.error_reply(err) end
-if window > 0 then redis.call('SET', dd, n, 'PX', window) end
-notify(meta, 'W', ARGV[4] .. '|' .. n)
-return {n, 0}
+if n ~= start then
+  redis.call('HSET', meta, 'n', n)
+  notify(meta, 'W', ARGV[2] .. '|' .. n)
+end
+return out
 """,
     flags="",
 )
@@ -604,13 +620,18 @@ if cur < first then
 end
 if count < max and cur <= n then
   local entries = redis.call('XRANGE', stream, '0-' .. cur, '0-' .. n, 'COUNT', max - count)
+  local marks = {}
   for _, e in ipairs(entries) do
     local off = tonumber(string.match(e[1], '-(%d+)$'))
-    redis.call('HSET', pending, off, 1)
+    marks[#marks + 1] = off
+    marks[#marks + 1] = 1
     out[#out + 1] = off
     out[#out + 1] = 1
     out[#out + 1] = e[2]
     cur = off + 1
+  end
+  for i = 1, #marks, 1000 do  -- one HSET per 500 entries
+    redis.call('HSET', pending, unpack(marks, i, math.min(i + 999, #marks)))
   end
   redis.call('HSET', gk, 'cur', cur)
 end
@@ -625,7 +646,9 @@ ORDERED_ACK: Final = Script(
     """
 local own, gen = unpack(redis.call('HMGET', KEYS[1], 'own', 'gen'))
 if own ~= ARGV[1] or gen ~= ARGV[2] then return 0 end
-for i = 3, #ARGV do redis.call('HDEL', KEYS[2], ARGV[i]) end
+for i = 3, #ARGV, 1000 do
+  redis.call('HDEL', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
 return 1
 """,
     flags="allow-oom",
