@@ -822,3 +822,29 @@ async def test_foreign_entry_past_every_offset_refuses_sends_until_deleted(redis
 async def gather_outcomes(*calls: Awaitable[object]) -> list[object]:
     """Each call's result, or the exception it raised."""
     return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+@asyncio_only
+async def test_a_lite_topic_key_of_another_type_makes_publish_raise_corrupt_entry(
+    redis_url: str,
+) -> None:
+    """A value of another type stored under a lite topic's list makes publish raise
+    CorruptEntry (nothing hangs, the other topics go on), and publishing works again once the
+    key is deleted (G12)."""
+    namespace = namespace_of(redis_url)
+    admin = redis.asyncio.Redis.from_url(plain_redis_url(redis_url))
+    try:
+        with anyio.fail_after(30):
+            async with litechan.connect(redis_url) as broker:
+                replies = broker.lite_topics("replies")
+                await replies.publish("sess-w", b"one")
+                (key,) = [k async for k in admin.scan_iter(match=f"{{{namespace}:l:*:d:sess-w")]
+                await admin.delete(key)
+                await admin.set(key, "not a list")
+                with pytest.raises(litechan.CorruptEntry, match="WRONGTYPE"):
+                    await replies.publish("sess-w", b"two")
+                assert await replies.publish("sess-other", b"fine") == 1
+                await admin.delete(key)
+                assert await replies.publish("sess-w", b"three") >= 1
+    finally:
+        await admin.aclose()
