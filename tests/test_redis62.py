@@ -54,6 +54,31 @@ async def test_redis62_runs_the_plain_scripts(redis62_server: RedisServer) -> No
 
 
 @asyncio_only
+async def test_redis62_refuses_sends_past_a_foreign_entry(redis62_server: RedisServer) -> None:
+    """On 6.2 too, a foreign entry with a time-based id makes send raise CorruptEntry naming it
+    (the send script reads the stream's last id after writing), and sends go on once the
+    stream's last id is set back."""
+    namespace = fresh_namespace("foreign62")
+    url = litechan_url(redis62_server.url, namespace=namespace)
+    try:
+        with anyio.fail_after(20):
+            async with litechan.connect(url) as broker:
+                audio = broker.ordered_topic("audio", partitions=1)
+                assert (await audio.send("k", b"one")).offset == 1
+                with redis.Redis(port=redis62_server.port) as client:
+                    (stream,) = client.keys(f"{{{namespace}:o:audio:0}}:s")
+                    foreign = client.xadd(stream, {"x": "1"}).decode()
+                with pytest.raises(litechan.CorruptEntry, match=foreign):
+                    await audio.send("k", b"refused")
+                with redis.Redis(port=redis62_server.port) as client:
+                    client.xdel(stream, foreign)
+                    client.execute_command("XSETID", stream, "0-1")
+                assert (await audio.send("k", b"two")).offset == 2
+    finally:
+        delete_namespace(redis62_server.url, namespace)
+
+
+@asyncio_only
 async def test_full_redis62_refuses_bookkeeping_too() -> None:
     """A full 6.2 server (maxmemory, noeviction) refuses publish with Overloaded, as 7 does, and
     also a new subscription (no allow-oom on 6.2): the documented difference."""
