@@ -182,7 +182,7 @@ class Channel:
 
     def __init__(self, ts: _TopicSub) -> None:
         self._ts = ts
-        self._pacer = Pacer()
+        self._pacer: Pacer | None = None  # made when the channel is iterated on its own
 
     def __repr__(self) -> str:
         return f"<litechan.Channel {self._ts.lite_topic!r} end_reason={self._ts.end_reason}>"
@@ -219,9 +219,12 @@ class Channel:
 
     async def __anext__(self) -> LiteMessage:
         ts = self._ts
+        pacer = self._pacer
+        if pacer is None:
+            pacer = self._pacer = Pacer()
         while True:
             if ts.buffer:
-                if self._pacer.due():
+                if pacer.due():
                     await anyio.lowlevel.checkpoint()  # before taking anything (see _pacing)
                     continue
                 fence = ts.sub._fence
@@ -234,7 +237,7 @@ class Channel:
             if ts.notified:
                 await ts.sub._fill(ts)
                 continue
-            self._pacer.reset()
+            pacer.reset()
             event = ts.event = anyio.Event()
             await event.wait()
 

@@ -33,7 +33,7 @@ import secrets
 import zlib
 from collections import deque
 from collections.abc import Awaitable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import anyio
 import anyio.abc
@@ -115,12 +115,10 @@ def partition_of(lite_topic: str, partitions: int) -> int:
     return zlib.crc32(lite_topic.encode()) % partitions
 
 
-class _Route(NamedTuple):
-    """A lite topic's partition and keys."""
-
-    partition: int
-    meta: bytes
-    data: bytes
+#: A lite topic's partition, meta key and list key. A plain tuple, not a NamedTuple: CPython's
+#: collector stops tracking a tuple of ints and bytes, so a publisher's route cache (tens of
+#: thousands of sessions) does not lengthen its full collections.
+_Route = tuple[int, bytes, bytes]
 
 
 class RedisLiteTopics:
@@ -154,7 +152,7 @@ class RedisLiteTopics:
                 self._routes.clear()
             partition = partition_of(lite_topic, self.partitions)
             tag = self.tags[partition]
-            route = self._routes[lite_topic] = _Route(
+            route = self._routes[lite_topic] = (
                 partition,
                 f"{tag}:m:{lite_topic}".encode(),
                 f"{tag}:d:{lite_topic}".encode(),
@@ -164,14 +162,14 @@ class RedisLiteTopics:
     def keys(self, lite_topic: str) -> tuple[bytes, bytes]:
         """meta hash, message list."""
         route = self.route(lite_topic)
-        return route.meta, route.data
+        return route[1], route[2]
 
     def publish(self, lite_topic: str, body: bytes) -> asyncio.Future[int]:
         """Queue *body* for the next batch; the future gets its offset."""
         self.client.admit()
         route = self._routes.get(lite_topic) or self.route(lite_topic)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        pending = self._pending[route.partition]
+        pending = self._pending[route[0]]
         queued = pending.get(lite_topic)
         if queued is None:
             pending[lite_topic] = [route, body, future]
@@ -203,7 +201,7 @@ class RedisLiteTopics:
                 self._call(keys, args, futures)
                 keys, futures, size = [], [], 0
                 args = [self.ttl_ms, self.spec.max_len, f"{self._random.getrandbits(48):012x}"]
-            keys += (route.meta, route.data)
+            keys += route[1:]
             args.append(count)
             args += queued[1::2]
             futures += queued[2::2]
@@ -320,6 +318,12 @@ def _list_key(meta: bytes) -> bytes:
     return tag + b"}:d:" + name
 
 
+#: The acks above the watermark of every owner that has none (most of them): one shared empty
+#: set, never changed (an owner gets a set of its own at its first such ack), so that tens of
+#: thousands of owned topics do not each hold an object for CPython's collector to walk.
+_NO_ACKS: Final[set[int]] = set()
+
+
 class _Own:
     """What a member knows of one lite topic it owns."""
 
@@ -341,12 +345,13 @@ class _Own:
         self.commit_key = commit_key
         self.epoch = ""  # "" until the topic exists
         self.hi = 0  # highest offset known to exist
-        self.cache: deque[LiteRecord] = deque()  # records pushed by notes, contiguous, up to hi
+        # Records pushed by notes, contiguous, up to hi; made when a note has to be kept.
+        self.cache: deque[LiteRecord] | None = None
         self.seen = 0.0  # when a note last showed the topic alive (loop time)
         # The group's position as this owner makes it (it alone acks the topic): every offset
         # up to `committed` is settled, and so are those in `acked`.
         self.committed = 0
-        self.acked: set[int] = set()
+        self.acked: set[int] = _NO_ACKS  # replaced by a set of its own at the first ack above
 
     def settle(self, offset: int) -> bool:
         """Count *offset* as acked; False when it was settled already."""
@@ -361,7 +366,10 @@ class _Own:
             self.committed = committed
             return True
         if offset > committed and offset not in self.acked:
-            self.acked.add(offset)
+            if self.acked is _NO_ACKS:
+                self.acked = {offset}
+            else:
+                self.acked.add(offset)
             return True
         return False
 
@@ -369,7 +377,7 @@ class _Own:
         """Offsets below *first* are gone (trimmed): they count as settled."""
         if self.committed < first - 1:
             self.committed = first - 1
-            self.acked = {offset for offset in self.acked if offset >= first}
+            self.acked = {offset for offset in self.acked if offset >= first} or _NO_ACKS
             while self.committed + 1 in self.acked:
                 self.committed += 1
                 self.acked.remove(self.committed)
@@ -426,7 +434,7 @@ class RedisLiteMember:
 
     def _commit_key(self, lite_topic: str, generation: int) -> bytes:
         """``{TAG}:c:TOPIC:MEMBER:GENERATION``: where this subscription commits."""
-        meta = self._topics.route(lite_topic).meta
+        meta = self._topics.route(lite_topic)[1]
         return meta.replace(b"}:m:", b"}:c:", 1) + f":{self._id}:{generation}".encode()
 
     def _address(self, generation: int) -> bytes:
@@ -468,7 +476,7 @@ class RedisLiteMember:
         if self._owned.get(lite_topic) is not own:
             return Subscription(generation, next_offset)
         own.committed = next_offset - 1
-        own.acked = {int(offset) for offset in acked.split(b",") if offset}
+        own.acked = {int(offset) for offset in acked.split(b",") if offset} or _NO_ACKS
         if not own.epoch:
             own.epoch = epoch.decode()
         own.hi = max(own.hi, int(last))
@@ -568,8 +576,10 @@ class RedisLiteMember:
             if self._listener.on_records(lite_topic, generation, epoch, first, bodies):
                 own.hi = last
                 return
-        elif first > own.hi + 1:
+        elif first > own.hi + 1 and cache:
             cache.clear()  # notes were lost: what is missing is read from the list
+        if cache is None:
+            cache = own.cache = deque()
         offset = first
         for payload, headers, published_at in bodies:
             if offset > own.hi:
@@ -602,7 +612,7 @@ class RedisLiteMember:
         if cache and cache[0][0] == from_offset:
             if len(cache) <= max_records:
                 records: list[LiteRecord] = list(cache)
-                cache.clear()
+                own.cache = None
             else:
                 records = [cache.popleft() for _ in range(max_records)]
             next_offset = records[-1][0] + 1
@@ -713,7 +723,7 @@ class RedisLiteMember:
         acks, self._acks = self._acks, {}
         by_partition: dict[int, list[tuple[str, AckBatch]]] = {}
         for lite_topic, batch in acks.items():
-            partition = self._topics.route(lite_topic).partition
+            partition = self._topics.route(lite_topic)[0]
             by_partition.setdefault(partition, []).append((lite_topic, batch))
         for batches in by_partition.values():
             self._send_acks(batches)
@@ -826,7 +836,7 @@ class RedisLiteMember:
                     own.epoch = epoch
                 if int(last) > own.hi:  # notes were lost: what they carried is read remotely
                     own.hi = int(last)
-                    own.cache.clear()
+                    own.cache = None
                     self._listener.on_data(topic)
                 if own.epoch:
                     self._track(topic, max(pttl, 1) / 1000 + 0.005)
