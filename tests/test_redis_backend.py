@@ -215,6 +215,43 @@ async def test_sends_of_one_batch_keep_order_and_dedupe_among_themselves(
 
 
 @asyncio_only
+async def test_an_owners_commit_key_lives_as_long_as_its_topic(redis_server: RedisServer) -> None:
+    """The key an owner commits into expires with its lite topic: a topic's first publish and
+    every TTL refresh after it extend the owner's commit key too, so acks are never lost to
+    an expired commit key while the topic lives (G6)."""
+    namespace = fresh_namespace("commit-ttl")
+    url = litechan_url(redis_server.url, namespace=namespace)
+    admin = redis.Redis.from_url(redis_server.url)
+    ttl = 2.0
+
+    def ttls() -> tuple[int, int]:
+        (meta,) = admin.keys(f"{{{namespace}:l:*:m:s")
+        (commit,) = admin.keys(f"{{{namespace}:l:*:c:s:*")
+        return int(admin.pttl(meta)), int(admin.pttl(commit))
+
+    try:
+        with anyio.fail_after(20):
+            async with litechan.connect(url) as broker:
+                replies = broker.lite_topics("replies", ttl=ttl)
+                async with replies.subscriber(group="gw", name="gw-1") as sub:
+                    channel = await sub.subscribe("s")  # before the topic exists
+                    for round_ in range(2):
+                        await replies.publish("s", b"r%d" % round_)
+                        meta_ttl, commit_ttl = ttls()
+                        assert meta_ttl > ttl * 1000, meta_ttl  # 1.1 x ttl, just set
+                        assert abs(meta_ttl - commit_ttl) < 100, (meta_ttl, commit_ttl)
+                        msg = await anext(aiter(channel))
+                        await msg.ack()
+                        # The refresh comes once ttl / 10 has passed since the last one: let
+                        # the server's clock pass it.
+                        await anyio.sleep(ttl / 10 + 0.05)
+                    stats = await replies.stats(top=1)
+                    assert stats.backlog == 0, stats
+    finally:
+        admin.close()
+
+
+@asyncio_only
 async def test_a_namespace_of_the_old_layout_is_refused(redis_server: RedisServer) -> None:
     """A namespace holding layout-1 data (its world marker) is refused at connect with a
     ConfigMismatch naming both layouts, and its keys are left alone."""
