@@ -215,10 +215,14 @@ async def test_sends_of_one_batch_keep_order_and_dedupe_among_themselves(
 
 
 @asyncio_only
-async def test_an_owners_commit_key_lives_as_long_as_its_topic(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("earlier", [0, 200, 300])
+async def test_an_owners_commit_key_lives_as_long_as_its_topic(
+    redis_server: RedisServer, earlier: int
+) -> None:
     """The key an owner commits into expires with its lite topic: a topic's first publish and
     every TTL refresh after it extend the owner's commit key too, so acks are never lost to
-    an expired commit key while the topic lives (G6)."""
+    an expired commit key while the topic lives (G6); whatever the size of the subscription's
+    generation (*earlier* subscriptions before it: 1, 2 and 3 bytes in its note address)."""
     namespace = fresh_namespace("commit-ttl")
     url = litechan_url(redis_server.url, namespace=namespace)
     admin = redis.Redis.from_url(redis_server.url)
@@ -234,6 +238,9 @@ async def test_an_owners_commit_key_lives_as_long_as_its_topic(redis_server: Red
             async with litechan.connect(url) as broker:
                 replies = broker.lite_topics("replies", ttl=ttl)
                 async with replies.subscriber(group="gw", name="gw-1") as sub:
+                    for _ in range(earlier):
+                        await sub.subscribe("other")
+                        await sub.unsubscribe("other")
                     channel = await sub.subscribe("s")  # before the topic exists
                     for round_ in range(2):
                         await replies.publish("s", b"r%d" % round_)
