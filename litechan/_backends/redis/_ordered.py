@@ -154,13 +154,15 @@ class RedisOrderedTopic:
                     if not future.done():
                         future.set_exception(outcome)
                 return
-            for (*_, future), (offset, outcome_of) in zip(queued, outcome, strict=True):
+            # Per message: (offset, 1 if a duplicate else 0), or (0, the error of a stream that
+            # a foreign entry blocks).
+            for (*_, future), (offset, detail) in zip(queued, outcome, strict=True):
                 if future.done():
                     continue
                 if offset:
-                    future.set_result(Receipt(partition, offset, duplicate=outcome_of == 1))
-                else:  # a foreign entry blocks the stream
-                    error = ReplyError(outcome_of.decode())
+                    future.set_result(Receipt(partition, offset, duplicate=detail == 1))
+                else:
+                    error = ReplyError(detail.decode())
                     future.set_exception(reply_error(error, "Redis (ordered_send)"))
 
         self.client.run_soon(ORDERED_SEND, keys, args, on_done=done)
