@@ -34,13 +34,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import anyio
 import redis
+import structlog
 
 __all__ = [
     "LITECHAN_URL_OPTIONS",
@@ -55,6 +57,7 @@ __all__ = [
     "delete_namespace",
     "free_port",
     "litechan_url",
+    "logged",
     "make_tls_files",
     "namespace_of",
     "next_stream_id",
@@ -997,3 +1000,22 @@ def delete_namespace(url: str, namespace: str) -> int:
         return deleted
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def logged(event_name: str) -> Iterator[anyio.Event]:
+    """An event set once litechan logs *event_name* (its log events are how the tests learn
+    of a change that has no other signal)."""
+    seen = anyio.Event()
+
+    def watch(_logger: object, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        if event_dict.get("event") == event_name:
+            seen.set()
+        return event_dict
+
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[watch, *processors])
+    try:
+        yield seen
+    finally:
+        structlog.configure(processors=processors)

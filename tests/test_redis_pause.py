@@ -17,7 +17,7 @@ import anyio
 import pytest
 import redis.asyncio
 from redis_procs.children import Event, spawn
-from redis_support import litechan_url, namespace_of, plain_redis_url
+from redis_support import litechan_url, logged, namespace_of, plain_redis_url
 from test_redis_faults import take
 
 import litechan
@@ -153,17 +153,15 @@ async def test_partition_taken_while_another_is_renewed_is_dropped_at_once(
                 # run out would: the group's state names it the owner, a generation later.
                 group_key = f"{{{namespace_of(url)}:o:audio:0}}:g:asr"
                 admin = redis.asyncio.Redis.from_url(plain_redis_url(url))
-                try:
-                    generation = int(await admin.hget(group_key, "gen") or 0)
-                    await admin.hset(
-                        group_key, mapping={"own": "n|other|0|other", "gen": generation + 1}
-                    )
-                finally:
-                    await admin.aclose()
-                for _ in range(200):  # its next renewal round finds out (within lease / 3)
-                    if 0 not in worker.partitions:
-                        break
-                    await anyio.sleep(0.05)  # polled: there is no event for the change
+                with logged("litechan.ordered.lease_lost") as lease_lost:
+                    try:
+                        generation = int(await admin.hget(group_key, "gen") or 0)
+                        await admin.hset(
+                            group_key, mapping={"own": "n|other|0|other", "gen": generation + 1}
+                        )
+                    finally:
+                        await admin.aclose()
+                    await lease_lost.wait()  # its next renewal round finds out (within lease / 3)
                 assert worker.partitions == {1}
                 await first.ack()  # fenced on the server
                 await audio.send(kept, b"kept")
