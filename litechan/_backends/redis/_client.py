@@ -224,7 +224,8 @@ class Client:
         self._scripts: dict[str, Script] = {}
         self._flagged = True  # the server takes script flags (Redis 7); known at connect
         self._closed = False
-        self._hooks: list[Callable[[], None]] = []
+        #: Hooks to run before the next batch, each once (a dict: an ordered set).
+        self._hooks: dict[Callable[[], None], None] = {}
         self._reconnect_callbacks: list[Callable[[], None]] = []
         self._flusher_scope = anyio.CancelScope(shield=True)
         self._down_since: float | None = None  # since when calls are not served (monotonic)
@@ -427,11 +428,15 @@ class Client:
         return await gather_replies([self._future(pack(tuple(args))) for args in commands])
 
     def before_flush(self, hook: Callable[[], None]) -> None:
-        """Call *hook* right before the next batch is written (it may queue commands): how
-        acks are coalesced per topic without a timer."""
-        self._hooks.append(hook)
-        if not self._has_work.is_set():
-            self._has_work.set()
+        """Call *hook* right before the next batch is written (it may queue commands), once
+        however often it is registered meanwhile: how publishes, sends and acks are coalesced
+        into one call per partition without a timer. Pass the same bound method each time
+        (kept in an attribute): a hook is found again by its hash."""
+        hooks = self._hooks
+        if hook not in hooks:
+            hooks[hook] = None
+            if not self._has_work.is_set():
+                self._has_work.set()
 
     async def drain(self) -> None:
         """Return once everything queued so far has been answered or failed (bounded)."""
@@ -579,7 +584,7 @@ class Client:
     def _run_hooks(self) -> None:
         if not self._hooks:
             return
-        hooks, self._hooks = self._hooks, []
+        hooks, self._hooks = self._hooks, {}
         for hook in hooks:
             try:
                 hook()

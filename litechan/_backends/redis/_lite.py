@@ -140,7 +140,7 @@ class RedisLiteTopics:
         #: Per partition, per topic: its route, then body, future, body, future...
         self._pending: list[dict[str, list[Any]]] = [{} for _ in range(partitions)]
         self._routes: dict[str, _Route] = {}
-        self._hooked = False
+        self._flush_hook = self._flush  # one bound method: the client finds it again
         #: Epoch seeds: unpredictable enough to tell incarnations apart, without a syscall each.
         self._random = random.Random(secrets.randbits(64))
 
@@ -175,14 +175,11 @@ class RedisLiteTopics:
             pending[lite_topic] = [route, body, future]
         else:
             queued += (body, future)
-        if not self._hooked:
-            self._hooked = True
-            self.client.before_flush(self._flush)
+        self.client.before_flush(self._flush_hook)
         return future
 
     def _flush(self) -> None:
         """Send what was published since the last batch: one call per partition (a hook)."""
-        self._hooked = False
         for index, pending in enumerate(self._pending):
             if pending:
                 self._pending[index] = {}
@@ -418,7 +415,7 @@ class RedisLiteMember:
         self._topic_of: dict[int, str] = {}
         self._generations = itertools.count(1)
         self._acks: dict[str, AckBatch] = {}
-        self._hooked = False
+        self._flush_acks_hook = self._flush_all_acks
         self._deadlines: list[tuple[float, str]] = []
         self._timer = anyio.Event()
         self._closed = False
@@ -703,9 +700,7 @@ class RedisLiteMember:
         if batch is None or batch.generation != own.generation:
             self._flush_acks(lite_topic)
             batch = self._acks[lite_topic] = AckBatch(own.generation)
-            if not self._hooked:
-                self._hooked = True
-                self._client.before_flush(self._flush_all_acks)
+            self._client.before_flush(self._flush_acks_hook)
         return batch
 
     def _flush_acks(self, lite_topic: str) -> AckBatch | None:
@@ -717,7 +712,6 @@ class RedisLiteMember:
 
     def _flush_all_acks(self) -> None:
         """Send every pending commit: one call per partition (a hook, right before a batch)."""
-        self._hooked = False
         if not self._acks:
             return
         acks, self._acks = self._acks, {}

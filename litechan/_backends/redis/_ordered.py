@@ -80,7 +80,7 @@ class RedisOrderedTopic:
         #: Per partition: the sends queued for the next batch, (window_ms, dedupe key, body,
         #: future) each.
         self._pending: dict[int, list[tuple[int, str, bytes, asyncio.Future[Receipt]]]] = {}
-        self._hooked = False
+        self._flush_hook = self._flush  # one bound method: the client finds it again
 
     def tag(self, partition: int) -> str:
         return f"{{{self.prefix}:{partition}}}"
@@ -124,14 +124,11 @@ class RedisOrderedTopic:
         if queued is None:
             queued = self._pending[partition] = []
         queued.append((window, dedupe_key, body, future))
-        if not self._hooked:
-            self._hooked = True
-            self.client.before_flush(self._flush)
+        self.client.before_flush(self._flush_hook)
         return future
 
     def _flush(self) -> None:
         """Send what was queued since the last batch: one call per partition (a hook)."""
-        self._hooked = False
         pending, self._pending = self._pending, {}
         for partition, queued in pending.items():
             for start in range(0, len(queued), SEND_BATCH):  # a script runs alone: keep it short
@@ -287,7 +284,7 @@ class RedisGroupMember:
         self._acks: dict[int, AckBatch] = {}
         self._settling: dict[int, int] = {}  # partition -> acks and nacks not answered yet
         self._quiet: dict[int, asyncio.Future[None]] = {}  # waiters for _settling to reach 0
-        self._hooked = False
+        self._flush_acks_hook = self._flush_all_acks
         self._rotation = 0
         self._closed = False
         self._rebalance = anyio.Event()
@@ -638,9 +635,7 @@ class RedisGroupMember:
         if batch is None or batch.generation != entry.generation:
             self._flush_acks(p)
             batch = self._acks[p] = AckBatch(entry.generation)
-            if not self._hooked:
-                self._hooked = True
-                self._client.before_flush(self._flush_all_acks)
+            self._client.before_flush(self._flush_acks_hook)
         batch.offsets.append(entry.offset)
         if sync:
             await batch.wait()  # raises a refusal: the message is still the application's
@@ -703,7 +698,6 @@ class RedisGroupMember:
             await self._client.bounded(asyncio.gather(*waiters))
 
     def _flush_all_acks(self) -> None:
-        self._hooked = False
         for p in list(self._acks):
             self._flush_acks(p)
 
