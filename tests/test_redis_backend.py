@@ -259,6 +259,27 @@ async def test_an_owners_commit_key_lives_as_long_as_its_topic(
 
 
 @asyncio_only
+async def test_what_waits_for_the_next_batch_fails_when_the_connection_closes(
+    redis_server: RedisServer,
+) -> None:
+    """A publish, send or ack still waiting to be put into the next batch when the broker's
+    connection closes ends with BrokerUnavailable at once: nothing waits forever (G14)."""
+    url = litechan_url(redis_server.url, namespace=fresh_namespace("close"))
+    with anyio.fail_after(20):
+        async with litechan.connect(url) as broker:
+            broker.lite_topics("replies")
+            broker.ordered_topic("audio", partitions=1)
+            backend = broker._backend  # the Redis topics, below the core
+            parent = backend._parents["replies"]  # type: ignore[attr-defined]
+            audio = backend._ordered["audio"]  # type: ignore[attr-defined]
+            published = parent.publish("s", b"body")
+            sent = audio.send(0, "k", b"body", {}, None, 0.0)
+            await backend.client.aclose()  # before the writer took them
+            for future in (published, sent):
+                assert isinstance(future.exception(), litechan.BrokerUnavailable), future
+
+
+@asyncio_only
 async def test_a_namespace_of_the_old_layout_is_refused(redis_server: RedisServer) -> None:
     """A namespace holding layout-1 data (its world marker) is refused at connect with a
     ConfigMismatch naming both layouts, and its keys are left alone."""

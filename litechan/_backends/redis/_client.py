@@ -302,6 +302,8 @@ class Client:
         self._fail_queued(BrokerUnavailable("the broker was closed"))
 
     def _fail_queued(self, error: LitechanError) -> None:
+        # What waits in hooks for the next batch is queued first (refused at once: closed).
+        self._run_hooks()
         calls = [*self._refused, *self._in_flight, *self._queue]
         self._refused, self._in_flight, self._queue = [], deque(), deque()
         self._batches.clear()
