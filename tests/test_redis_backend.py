@@ -7,6 +7,7 @@ Redis in test_conformance.py and test_model.py) and the fault tests in test_redi
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
@@ -14,6 +15,8 @@ import redis
 from redis_support import RedisServer, fresh_namespace, litechan_url
 
 import litechan
+from litechan._backends.redis._options import parse_url
+from litechan._backends.redis._wire import open_wire, pack
 
 pytestmark = pytest.mark.anyio
 
@@ -127,6 +130,33 @@ async def test_tls() -> None:
     """rediss:// URLs talk TLS, verifying the server against the CA given in the URL."""
     with RedisServer(tls=True) as server:
         await _round_trip(litechan_url(server.tls_url, namespace=fresh_namespace("tls")))
+
+
+@asyncio_only
+async def test_a_reader_behind_pauses_the_socket_and_loses_no_reply(
+    redis_server: RedisServer,
+) -> None:
+    """Unread replies past a bound stop the socket being read (the rest waits in the kernel and
+    the server) and every reply still arrives whole and in order once read."""
+    endpoint = parse_url(urlsplit(redis_server.url)).endpoint
+    value = bytes(range(256)) * 1_200  # 300 KiB: ten replies hold three times the bound
+    key = f"{fresh_namespace('wire')}:big"
+    with anyio.fail_after(20):
+        wire = await open_wire(endpoint, 5)
+        try:
+            await wire.write(pack(("SET", key, value)))
+            assert await wire.read() == b"OK"
+            await wire.write(b"".join(pack(("GET", key)) for _ in range(10)))
+            transport = wire._transport
+            assert transport is not None
+            # Nothing is read meanwhile, so the bound must trip (a transport's state has no event)
+            while transport.is_reading():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            replies = [await wire.read() for _ in range(10)]
+            assert replies == [value] * 10
+            assert transport.is_reading()
+        finally:
+            wire.close()
 
 
 @asyncio_only

@@ -559,9 +559,7 @@ class Client:
                     self._sent.clear()
                     await self._sent.wait()
                     continue
-                with anyio.move_on_after(timeout) as scope:  # one scope per read, not per reply
-                    await wire.fill()
-                if scope.cancelled_caught:
+                if not await wire.fill(timeout):
                     raise LinkError(f"no reply from {self.server} in socket_timeout ({timeout} s)")
                 continue
             if not in_flight:

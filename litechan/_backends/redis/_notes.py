@@ -210,10 +210,8 @@ class Notes:
         pinged = False
         while True:
             reply = wire.poll()
-            if reply is False:  # nothing buffered: wait for the server (one scope per read)
-                with anyio.move_on_after(idle) as scope:
-                    await wire.fill()
-                if scope.cancelled_caught:
+            if reply is False:  # nothing buffered: wait for the server
+                if not await wire.fill(idle):
                     if pinged:  # no answer to a PING for a whole socket_timeout: a dead link
                         raise LinkError("no reply to PING on the notes connection")
                     pinged = True
