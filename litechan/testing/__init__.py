@@ -53,6 +53,7 @@ from ._checks import check_payload_errors as check_payload_errors
 from ._checks import check_redelivery_after_crash as check_redelivery_after_crash
 from ._checks import check_reject_dead_letters as check_reject_dead_letters
 from ._checks import check_resume_committed as check_resume_committed
+from ._checks import check_resume_skips_acked as check_resume_skips_acked
 from ._checks import check_resume_start_positions as check_resume_start_positions
 from ._checks import check_takeover as check_takeover
 from ._checks import check_takeover_skips_acked as check_takeover_skips_acked
@@ -103,6 +104,7 @@ __all__ = [
     "check_lazy_creation",
     # ---- G6 resume ----
     "check_resume_committed",
+    "check_resume_skips_acked",
     "check_resume_start_positions",
     # ---- G7 takeover and channel ends ----
     "check_channel_lifecycle",

@@ -77,6 +77,7 @@ __all__ = [
     "check_redelivery_after_crash",
     "check_reject_dead_letters",
     "check_resume_committed",
+    "check_resume_skips_acked",
     "check_resume_start_positions",
     "check_takeover",
     "check_takeover_skips_acked",
@@ -1152,6 +1153,35 @@ async def check_resume_committed(backend: BackendFactory) -> None:
                         inbox.assert_empty("nothing after offset 5")
 
 
+async def check_resume_skips_acked(backend: BackendFactory) -> None:
+    """G6 with out-of-order acks: after an unsubscribe, resuming at the committed offset
+    redelivers only what the group has not acked, whether acked below or above the gap.
+
+    .. versionadded:: 0.2.0
+    """
+    topic = "s1"
+    with _bounded():
+        async with backend() as h, h.connect() as broker:
+            replies = broker.lite_topics(_PARENT)
+            for n in (1, 2, 3, 4):
+                await replies.publish(topic, _payload(topic, n))
+            async with replies.subscriber(group=_LITE_GROUP, name="gw-1") as sub:
+                async with _reading(await sub.subscribe(topic), "gw-1") as inbox:
+                    msgs = await inbox.take(4, "the backlog at gw-1")
+                    _equal([m.offset for m in msgs], [1, 2, 3, 4], "offsets at gw-1")
+                    await msgs[1].ack()  # out of order: m1 and m3 stay un-acked
+                    await msgs[3].ack()
+                    await sub.unsubscribe(topic)
+                channel = await sub.subscribe(topic, start="committed")
+                async with _reading(channel, "gw-1 again") as inbox:
+                    again = await inbox.take(2, "the un-acked messages")
+                    _equal([m.offset for m in again], [1, 3], "only m1 and m3 come back")
+                    for msg in again:
+                        await msg.ack()
+                    await h.settle()
+                    inbox.assert_empty("no acked message comes back")
+
+
 async def check_resume_start_positions(backend: BackendFactory) -> None:
     """G6: ``start="earliest"`` re-reads from the first retained message, an int starts at that
     offset, and ``"latest"`` only delivers messages published after the subscribe.
@@ -2218,6 +2248,7 @@ CHECKS: tuple[Check, ...] = (
     check_lazy_creation,
     # G6 resume
     check_resume_committed,
+    check_resume_skips_acked,
     check_resume_start_positions,
     # G7 takeover
     check_takeover,
