@@ -17,10 +17,12 @@ import anyio.abc
 
 from ._backends import open_backend
 from ._backends.base import Backend, BackendOptions, LiteSpec, OrderedSpec
+from ._background import Background
 from ._clock import Clock, SystemClock
 from ._errors import InvalidArgument, ResourceClosed
 from ._names import check_int, check_name, check_seconds, utf8_ok
 from ._pacing import Pacer
+from ._urls import redact
 
 if TYPE_CHECKING:
     from ._lite import LiteTopics
@@ -60,8 +62,8 @@ def connect(
         raise InvalidArgument(f"clock must have time() and sleep_until(), got {clock!r}")
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
-        raise InvalidArgument(f"malformed broker URL {url!r}: {exc}") from None
+    except ValueError as exc:  # the URL is not echoed: it may carry a password
+        raise InvalidArgument(f"malformed broker URL: {exc}") from None
     options = BackendOptions(clock=clock or SystemClock(), max_payload=max_payload)
     return Broker(url, open_backend(parts, options), options)
 
@@ -77,10 +79,10 @@ class Broker:
     """
 
     def __init__(self, url: str, backend: Backend, options: BackendOptions) -> None:
-        self._url = url
+        self._url = redact(url)  # all a broker shows of its URL: never the password
         self._backend = backend
         self._options = options
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._background = Background()
         self._state = "new"
         self._ordered: dict[str, OrderedTopic] = {}
         self._lite: dict[str, LiteTopics] = {}
@@ -93,7 +95,7 @@ class Broker:
 
     @property
     def url(self) -> str:
-        """The URL the broker was opened with."""
+        """The URL the broker was opened with, its password (if any) replaced by ``***``."""
         return self._url
 
     @property
@@ -104,18 +106,15 @@ class Broker:
     async def __aenter__(self) -> Self:
         if self._state != "new":
             raise ResourceClosed("a Broker can be opened only once; call litechan.connect() again")
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
+        task_group = await self._background.open()
         try:
             await self._backend.start(task_group)
         except BaseException as exc:
-            task_group.cancel_scope.cancel()
-            # The task group wraps exc in an ExceptionGroup; the caller wants exc itself (a
-            # BrokerUnavailable, say), so the group, made only of this failure, is dropped.
+            # The caller wants exc itself (a BrokerUnavailable, say), even if the connection's
+            # background tasks failed with the same outage meanwhile.
             with contextlib.suppress(BaseExceptionGroup):
-                await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+                await self._background.close(exc)
             raise
-        self._task_group = task_group
         self._state = "open"
         return self
 
@@ -126,11 +125,7 @@ class Broker:
         tb: TracebackType | None,
     ) -> bool | None:
         await self.aclose()
-        task_group, self._task_group = self._task_group, None
-        if task_group is not None:
-            task_group.cancel_scope.cancel()
-            return await task_group.__aexit__(exc_type, exc, tb)
-        return None
+        return await self._background.close(exc)
 
     async def aclose(self) -> None:
         """Close every consumer and subscriber of this broker, then the backend connection."""

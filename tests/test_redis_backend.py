@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 import redis
-from redis_support import RedisServer, fresh_namespace, litechan_url
+from redis_support import RedisServer, fresh_namespace, litechan_url, logged
+from structlog.testing import capture_logs
 
 import litechan
 from litechan._backends.redis._options import parse_url
@@ -180,6 +181,52 @@ async def test_acl_user_and_password_from_the_url(own_redis_server: RedisServer)
     with anyio.fail_after(20), pytest.raises(litechan.BrokerUnavailable):
         async with litechan.connect(wrong):
             pass
+
+
+@asyncio_only
+async def test_a_password_is_never_shown(own_redis_server: RedisServer) -> None:
+    """The URL's password appears in no repr, Broker.url, error message or log event: not
+    while open, not through a dropped connection, not once closed, not for a wrong one."""
+    secret = "pw-1c0d3-s3cret"
+    admin = redis.Redis(host=own_redis_server.host, port=own_redis_server.port)
+    admin.acl_setuser(
+        "gateway",
+        enabled=True,
+        passwords=[f"+{secret}"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all"],
+    )
+    shown: list[str] = []
+    base = f"redis://gateway:{secret}@127.0.0.1:{own_redis_server.port}/0"
+    url = litechan_url(base, namespace=fresh_namespace("secret"))
+    try:
+        with anyio.fail_after(20), capture_logs() as logs, logged("litechan.redis.back") as back:
+            broker = litechan.connect(url)
+            shown += [repr(broker), broker.url, repr(litechan.testing.Harness(url=url))]
+            async with broker:
+                replies = broker.lite_topics("replies")
+                shown.append(repr(replies))
+                admin.client_kill_filter(user="gateway")  # every connection of the broker
+                await back.wait()
+                assert await replies.publish("s1", b"after the cut") >= 1
+            with pytest.raises(litechan.ResourceClosed) as closed:
+                broker.lite_topics("replies")
+            shown.append(str(closed.value))
+            wrong = base.replace(secret, f"{secret}-not")
+            with pytest.raises(litechan.BrokerUnavailable) as refused:
+                async with litechan.connect(wrong):
+                    pass
+            shown.append(str(refused.value))
+            with pytest.raises(litechan.InvalidArgument) as malformed:
+                litechan.connect(f"redis://gateway:{secret}@[::1/0")
+            shown.append(str(malformed.value))
+    finally:
+        admin.close()
+    shown += [repr(event) for event in logs]
+    assert any("litechan.redis.disconnected" in text for text in shown), "the cut was logged"
+    assert [text for text in shown if secret in text] == []
+    assert "gateway:***@127.0.0.1" in broker.url
 
 
 @asyncio_only

@@ -271,7 +271,7 @@ async def run_embedded(args: argparse.Namespace, profile: Profile) -> Report:
             await monitor.sample()
             background.cancel_scope.cancel()
     return Report(
-        backend=args.backend,
+        backend=broker.url,  # shown without a password
         layout="one process: 2 gateways, 2 workers and the users",
         elapsed=elapsed,
         tally=tally,
@@ -483,7 +483,7 @@ async def run_processes(args: argparse.Namespace, profile: Profile) -> Report:
         f" ({url.split('?', 1)[1]})" if "?" in url else ""
     )
     return Report(
-        backend=args.backend,
+        backend=broker.url,  # shown without a password
         layout=layout,
         elapsed=elapsed,
         tally=tally,

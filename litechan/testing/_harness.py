@@ -23,6 +23,7 @@ import attrs
 import litechan
 
 from .._clock import ManualClock
+from .._urls import redact
 
 __all__ = ["BackendFactory", "Harness", "memory_backend", "redis_backend"]
 
@@ -47,7 +48,7 @@ class Harness:
     .. versionadded:: 0.1.0
     """
 
-    url: str
+    url: str = attrs.field(repr=redact)  # a password stays out of the repr
     clock: ManualClock | None = None
     settle_time: float = 0.0
 

@@ -17,6 +17,7 @@ import attrs
 
 from ..._errors import InvalidArgument
 from ..._names import check_name
+from ..._urls import redact
 
 __all__ = ["Endpoint", "RedisOptions", "parse_url"]
 
@@ -223,13 +224,8 @@ def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
 
 
 def _shown(url: SplitResult) -> str:
-    """*url* without its password (for messages)."""
-    netloc = url.netloc
-    if url.password is not None:
-        user = url.username or ""
-        host = netloc.rsplit("@", 1)[1]
-        netloc = f"{user}:***@{host}"
-    return repr(urlunsplit((url.scheme, netloc, url.path, url.query, url.fragment)))
+    """*url* without its password, quoted (for messages)."""
+    return repr(redact(url))
 
 
 def _int(name: str, raw: str, low: int, high: int) -> int:
