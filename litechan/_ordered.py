@@ -23,6 +23,7 @@ import structlog
 
 from ._alarm import Alarm
 from ._backends.base import Entry, GroupMember, OrderedListener, OrderedSpec
+from ._background import Background
 from ._dispatch import KeyOrderedDispatcher, by_key, by_partition
 from ._errors import InvalidArgument, ResourceClosed
 from ._hashing import partition_for
@@ -177,7 +178,7 @@ class Consumer:
         self._max_buffered = max(max_buffered, self._fetch_limit)
         self._warned_full = False
         self._member: GroupMember | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
+        self._background = Background()
         self._alarm = Alarm(self._broker.clock, self._on_alarm)
         self._woken = True
         self._event: anyio.Event | None = None
@@ -213,9 +214,7 @@ class Consumer:
         if self._member is not None or self._closed:
             raise ResourceClosed("a Consumer can be opened only once")
         backend = self._broker._open_backend
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        self._task_group = task_group
+        task_group = await self._background.open()
         task_group.start_soon(self._alarm.run)
         try:
             self._member = await backend.join_group(
@@ -226,8 +225,7 @@ class Consumer:
                 OrderedListener(wake=self._wake),
             )
         except BaseException as exc:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            await self._background.close(exc)  # raises a group only if the alarm failed too
             raise
         self._broker._register(self)
         return self
@@ -239,11 +237,7 @@ class Consumer:
         tb: TracebackType | None,
     ) -> bool | None:
         await self.aclose()
-        task_group, self._task_group = self._task_group, None
-        if task_group is not None:
-            task_group.cancel_scope.cancel()  # the body is over: only background work is left
-            return await task_group.__aexit__(exc_type, exc, tb)
-        return None
+        return await self._background.close(exc)
 
     async def aclose(self) -> None:
         """Leave the group; messages not settled are redelivered to the next owners."""

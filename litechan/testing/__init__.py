@@ -17,6 +17,7 @@ by many brokers, with a clock); :mod:`._checks` holds one check per guarantee ed
 from .._clock import ManualClock as ManualClock
 from ._checks import CHECKS as CHECKS
 from ._checks import Check as Check
+from ._checks import check_body_errors_come_out_plain as check_body_errors_come_out_plain
 from ._checks import check_bounded_retention as check_bounded_retention
 from ._checks import check_cancelled_receive_lite as check_cancelled_receive_lite
 from ._checks import check_cancelled_receive_ordered as check_cancelled_receive_ordered
@@ -122,6 +123,7 @@ __all__ = [
     # ---- G11 idempotent send ----
     "check_dedupe",
     # ---- G12 clear errors ----
+    "check_body_errors_come_out_plain",
     "check_closed_resources",
     "check_config_mismatch",
     "check_hostile_strings",

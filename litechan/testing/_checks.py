@@ -25,7 +25,13 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+    suppress,
+)
 from typing import Generic, Literal, Protocol, TypeAlias, TypeVar, cast
 
 import anyio
@@ -47,6 +53,7 @@ __all__ = [
     "check_cancelled_receive_lite",
     "check_cancelled_receive_ordered",
     "check_channel_lifecycle",
+    "check_body_errors_come_out_plain",
     "check_closed_resources",
     "check_config_mismatch",
     "check_dedupe",
@@ -1314,6 +1321,48 @@ async def check_takeover_skips_acked(backend: BackendFactory) -> None:
                 _equal(stats.backlog, 0, "total backlog")
 
 
+class _BodyError(Exception):
+    """What a check raises in the body of an ``async with``."""
+
+
+async def _raise_inside(context: AbstractAsyncContextManager[object], what: str) -> None:
+    async with context:
+        raise _BodyError(f"in {what}")
+
+
+async def check_body_errors_come_out_plain(backend: BackendFactory) -> None:
+    """What the body of ``async with`` raises comes out of every context manager of the
+    library as itself, never wrapped in an ExceptionGroup (``except KeyError`` around the block
+    must match): broker, consumer, subscriber and channel; and so does a library error raised
+    in a consumer's body (``nack(delay=-1)``).
+
+    .. versionadded:: 0.2.0
+    """
+    with anyio.fail_after(_CHECK_TIMEOUT):  # no _bounded(): it would unwrap what is checked
+        async with backend() as h:
+            with _raises(_BodyError, "the body's error out of `async with broker`"):
+                await _raise_inside(h.connect(), "a broker")
+            async with h.connect() as broker:
+                topic = broker.ordered_topic(_TOPIC, partitions=1)
+                replies = broker.lite_topics(_PARENT)
+                with _raises(_BodyError, "the body's error out of `async with consumer`"):
+                    await _raise_inside(topic.consumer(group=_GROUP, name="w1"), "a consumer")
+                with _raises(_BodyError, "the body's error out of `async with subscriber`"):
+                    subscriber = replies.subscriber(group=_LITE_GROUP, name="gw-1")
+                    await _raise_inside(subscriber, "a subscriber")
+                async with replies.subscriber(group=_LITE_GROUP, name="gw-2") as sub:
+                    channel = await sub.subscribe("s1")
+                    with _raises(_BodyError, "the body's error out of `async with channel`"):
+                        await _raise_inside(channel, "a channel")
+                await topic.send("k", b"m1")
+                with _raises(
+                    litechan.InvalidArgument, "nack(delay=-1) out of `async with consumer`"
+                ):
+                    async with topic.consumer(group=_GROUP, name="w2") as consumer:
+                        msg = await anext(aiter(consumer))
+                        await msg.nack(delay=-1)
+
+
 async def check_channel_lifecycle(backend: BackendFactory) -> None:
     """Channels end with UNSUBSCRIBED (unsubscribe, or leaving ``async with channel``) or CLOSED
     (subscriber or broker closed); subscribing twice returns the same channel.
@@ -2272,6 +2321,7 @@ CHECKS: tuple[Check, ...] = (
     check_config_mismatch,
     check_unknown_backend,
     check_closed_resources,
+    check_body_errors_come_out_plain,
     # observability and merged iteration
     check_merged_iteration,
     check_lite_stats,
