@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Final, Self, final
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import structlog
 
 from ._backends.base import (
     ALWAYS_FRESH,
@@ -34,6 +33,7 @@ from ._backends.base import (
     Start,
 )
 from ._errors import InvalidArgument, ResourceClosed
+from ._log import logger
 from ._names import check_headers, check_int, check_name, check_payload
 from ._pacing import Pacer
 from ._types import EndReason, LiteMessage, LiteTopicsStats
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Channel", "LiteTopics", "Subscriber"]
 
-logger = structlog.get_logger("litechan")
 
 #: Records pulled from the backend per fetch of one lite topic.
 _FETCH: Final = 256

@@ -19,7 +19,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-import structlog
 
 from ._alarm import Alarm
 from ._backends.base import Entry, GroupMember, OrderedListener, OrderedSpec
@@ -27,6 +26,7 @@ from ._background import Background
 from ._dispatch import KeyOrderedDispatcher, by_key, by_partition
 from ._errors import InvalidArgument, ResourceClosed
 from ._hashing import partition_for
+from ._log import logger
 from ._names import (
     check_dedupe_id,
     check_headers,
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from ._broker import Broker
 
 __all__ = ["Consumer", "OrderedTopic"]
-
-logger = structlog.get_logger("litechan")
 
 
 @final

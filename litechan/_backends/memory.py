@@ -24,13 +24,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import SplitResult
 
+import anyio
 import anyio.abc
 import attrs
-import structlog
 
 from .._alarm import Alarm
 from .._clock import Clock
 from .._errors import ConfigMismatch, InvalidArgument
+from .._log import logger
 from .._types import (
     DeadLetter,
     EndReason,
@@ -58,7 +59,6 @@ from .base import (
 
 __all__ = ["MemoryBackend"]
 
-logger = structlog.get_logger("litechan")
 
 T = TypeVar("T")
 
@@ -471,13 +471,12 @@ class _LiteMember:
         previous = owners.get(self.group)
         if previous is not None and previous.member is not self:
             previous.member.owned.pop(lite_topic, None)
-            logger.info(
+            logger.info(  # the same fields as every backend's: who lost the topic
                 "litechan.lite.revoked",
                 parent=parent.spec.parent,
                 lite_topic=lite_topic,
                 group=self.group,
-                old_owner=previous.member.name,
-                new_owner=self.name,
+                subscriber=previous.member.name,
             )
             previous.member.listener.on_end(lite_topic, EndReason.REVOKED)
         generation = next(parent.generations)

@@ -25,9 +25,9 @@ from typing import Final, TypeVar
 from urllib.parse import SplitResult
 
 import anyio.abc
-import structlog
 
 from ..._errors import ConfigMismatch, InvalidArgument, LitechanError
+from ..._log import logger
 from ..._types import DeadLetter, LiteTopicsStats, OrderedTopicStats, Receipt
 from ..base import (
     BackendOptions,
@@ -45,7 +45,6 @@ from ._scripts import NAMESPACE, SCRIPTS, SPEC
 
 __all__ = ["RedisBackend"]
 
-logger = structlog.get_logger("litechan")
 
 #: The layout of keys and scripts this version reads and writes (see docs/design.md).
 LAYOUT: Final = "2"

@@ -40,9 +40,9 @@ from typing import Any, Final, Literal, TypeAlias, TypeVar
 import anyio
 import anyio.abc
 import msgspec
-import structlog
 
 from ..._errors import BrokerUnavailable, LitechanError
+from ..._log import logger
 from ._options import RedisOptions
 from ._replies import is_refusal, is_transient, reply_error
 from ._wire import LinkError, ReplyError, Wire, open_wire, pack
@@ -60,7 +60,6 @@ __all__ = [
     "translate",
 ]
 
-logger = structlog.get_logger("litechan")
 
 Arg: TypeAlias = bytes | str | int | float
 T = TypeVar("T")

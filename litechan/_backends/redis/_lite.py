@@ -38,9 +38,9 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 import msgspec
-import structlog
 
 from ..._errors import LitechanError
+from ..._log import logger
 from ..._types import EndReason, LiteTopicLag, LiteTopicsStats
 from ..base import Fence, LiteBatch, LiteListener, LiteRecord, LiteSpec, Start, Subscription
 from ._client import AckBatch, Arg, Client
@@ -64,7 +64,6 @@ __all__ = [
     "encode_lite",
 ]
 
-logger = structlog.get_logger("litechan")
 
 #: Records kept per owned topic from notes, at most (and never more than the parent's max_len).
 CACHE_MAX: Final = 256

@@ -30,14 +30,13 @@ from typing import Final
 
 import anyio
 import anyio.abc
-import structlog
 
+from ..._log import logger
 from ._client import CONNECTION_ERRORS, Client, pack, translate
 from ._wire import LinkError, Wire
 
 __all__ = ["STALL", "Fence", "Notes"]
 
-logger = structlog.get_logger("litechan")
 
 _BACKOFF_MIN: Final = 0.02
 _BACKOFF_MAX: Final = 0.5

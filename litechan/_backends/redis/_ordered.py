@@ -26,9 +26,9 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 import msgspec
-import structlog
 
 from ..._errors import LitechanError
+from ..._log import logger
 from ..._types import DeadLetter, GroupLag, OrderedTopicStats, PartitionStats, Receipt
 from ..base import Entry, OrderedBatch, OrderedListener, OrderedSpec
 from ._client import AckBatch, Client, OnDone, entry_body
@@ -50,7 +50,6 @@ from ._wire import ReplyError
 
 __all__ = ["RedisGroupMember", "RedisOrderedTopic"]
 
-logger = structlog.get_logger("litechan")
 
 #: Sends to one partition per script call, at most (a script runs alone on the server).
 SEND_BATCH: Final = 512
