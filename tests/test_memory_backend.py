@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+
 import anyio
+import anyio.to_thread
 import pytest
 from structlog.testing import capture_logs
 
@@ -25,6 +28,39 @@ async def test_named_worlds_are_shared_and_dropped_with_the_last_broker() -> Non
         assert "shared-world" not in memory._worlds
         async with litechan.connect("memory://shared-world") as fresh:
             assert (await fresh.lite_topics("replies").stats()).topics == 0
+
+
+def test_a_named_world_refuses_a_second_event_loop() -> None:
+    """A broker on memory://NAME in another event loop (another thread) gets a clear
+    InvalidArgument instead of a world whose wake-ups it would never see; once the first loop
+    has closed it, the name is free for the other loop."""
+    opened, release = threading.Event(), threading.Event()
+    refused: list[BaseException] = []
+
+    async def hold() -> None:
+        async with litechan.connect("memory://one-loop-world"):
+            opened.set()
+            await anyio.to_thread.run_sync(release.wait, abandon_on_cancel=True)
+
+    async def second() -> None:
+        try:
+            async with litechan.connect("memory://one-loop-world"):
+                pass
+        except litechan.InvalidArgument as exc:
+            refused.append(exc)
+
+    holder = threading.Thread(target=anyio.run, args=(hold,))
+    holder.start()
+    try:
+        assert opened.wait(10)
+        anyio.run(second)
+    finally:
+        release.set()
+        holder.join(10)
+    assert len(refused) == 1
+    assert "another event loop" in str(refused[0])
+    anyio.run(second)  # the world went away with its last broker: no refusal now
+    assert len(refused) == 1
 
 
 async def test_private_worlds_are_isolated() -> None:

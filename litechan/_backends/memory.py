@@ -26,6 +26,7 @@ from urllib.parse import SplitResult
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from .._alarm import Alarm
@@ -590,6 +591,8 @@ class _World:
         self.name = name
         self.clock = clock
         self.refs = 0
+        # The event loop of the brokers that have it open: its wake-ups are that loop's events.
+        self.loop = anyio.lowlevel.current_token()
         self.ordered: dict[str, _OrderedTopic] = {}
         self.parents: dict[str, _Parent] = {}
         self.alarms: set[Alarm] = set()
@@ -646,6 +649,13 @@ class MemoryBackend:
             world = _World(name, self._options.clock)
             if name is not None:
                 _worlds[name] = world
+        elif world.loop != anyio.lowlevel.current_token():
+            raise InvalidArgument(
+                f"memory://{name} is open in another event loop (another thread: each of two "
+                "Starlette TestClients, say, runs its own); a memory world wakes its readers "
+                "through its loop's events, so every broker of it must run in one event loop. "
+                "Share one loop, or connect to Redis"
+            )
         world.refs += 1
         world.alarms.add(self._alarm)
         self._world = world
