@@ -36,7 +36,7 @@ from ._errors import InvalidArgument, ResourceClosed
 from ._log import logger
 from ._names import check_headers, check_int, check_name, check_payload
 from ._pacing import Pacer
-from ._types import EndReason, LiteMessage, LiteTopicsStats
+from ._types import Buffer, EndReason, LiteMessage, LiteTopicsStats
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -82,7 +82,7 @@ class LiteTopics:
     async def publish(
         self,
         lite_topic: str,
-        payload: bytes,
+        payload: Buffer,
         *,
         headers: Mapping[str, str] | None = None,
     ) -> int:

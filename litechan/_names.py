@@ -118,16 +118,23 @@ def check_reason(value: object) -> str:
 
 
 def check_payload(value: object, max_payload: int) -> bytes:
-    """Return *value* as ``bytes``; raise before anything is written when it is not acceptable."""
+    """Return *value* as ``bytes``; raise before anything is written when it is not acceptable.
+
+    Any object with the buffer protocol is accepted (``bytearray``, ``memoryview``, an
+    ``array.array`` or NumPy array of PCM samples) and copied, in C order, to ``bytes``; a
+    ``str`` is refused (its encoding is the application's choice)."""
     if type(value) is bytes:
         payload = value
-    elif isinstance(value, bytes | bytearray | memoryview):
-        payload = bytes(value)
     else:
-        raise InvalidPayload(
-            f"payload must be bytes, got {type(value).__name__}; encode it first "
-            "(for example with msgspec.msgpack.encode)"
-        )
+        try:
+            view = memoryview(value)  # type: ignore[arg-type]  # any Buffer, checked here
+        except TypeError:
+            raise InvalidPayload(
+                f"payload must be bytes or another buffer, got {type(value).__name__}; "
+                "encode it first (for example with msgspec.msgpack.encode)"
+            ) from None
+        with view:
+            payload = view.tobytes()
     if len(payload) > max_payload:
         raise PayloadTooLarge(
             f"payload of {len(payload)} bytes exceeds max_payload={max_payload}; split it "

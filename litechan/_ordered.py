@@ -38,7 +38,7 @@ from ._names import (
     check_seconds,
 )
 from ._pacing import Pacer
-from ._types import DeadLetter, Message, OrderedTopicStats, Receipt
+from ._types import Buffer, DeadLetter, Message, OrderedTopicStats, Receipt
 
 if TYPE_CHECKING:
     from ._broker import Broker
@@ -73,7 +73,7 @@ class OrderedTopic:
     async def send(
         self,
         key: str,
-        payload: bytes,
+        payload: Buffer,
         *,
         headers: Mapping[str, str] | None = None,
         dedupe_id: str | None = None,

@@ -7,9 +7,17 @@ Messages carry a private reference to the consumer or subscriber that delivered 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, final
+import sys
+from typing import TYPE_CHECKING, TypeAlias, final
 
 import attrs
+
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+elif TYPE_CHECKING:  # what send() and publish() take: any object with the buffer protocol
+    from typing_extensions import Buffer  # a stub every type checker has
+else:
+    Buffer: TypeAlias = bytes | bytearray | memoryview  # a name for 3.11 at run time
 
 if TYPE_CHECKING:
     from ._backends.base import Entry
@@ -17,6 +25,7 @@ if TYPE_CHECKING:
     from ._ordered import Consumer
 
 __all__ = [
+    "Buffer",
     "DeadLetter",
     "EndReason",
     "GroupLag",

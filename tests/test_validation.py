@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import zlib
 
 import pytest
@@ -64,12 +65,19 @@ def test_non_string_names_and_keys_are_refused() -> None:
 
 
 def test_payload_checks() -> None:
-    """Payloads are bytes-like and bounded; the errors name the fix."""
+    """Payloads are any buffer (bytes, bytearray, a memoryview slice, an array of samples),
+    copied to bytes in C order, and bounded by their size in bytes; the errors name the fix."""
     assert check_payload(bytearray(b"ab"), 10) == b"ab"
+    assert check_payload(memoryview(b"abcdef")[1:4], 10) == b"bcd"
+    samples = array.array("h", [1, -2])  # 16-bit PCM, as an audio frame arrives
+    assert check_payload(samples, 10) == samples.tobytes()
+    assert type(check_payload(samples, 10)) is bytes
     with pytest.raises(litechan.InvalidPayload, match="bytes"):
         check_payload("text", 10)
     with pytest.raises(litechan.PayloadTooLarge, match="max_payload"):
         check_payload(b"x" * 11, 10)
+    with pytest.raises(litechan.PayloadTooLarge, match="max_payload"):
+        check_payload(array.array("h", [0] * 6), 10)  # 12 bytes, though 6 items
 
 
 @given(st.text(min_size=1, max_size=64), st.integers(min_value=1, max_value=4096))

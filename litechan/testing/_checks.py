@@ -32,7 +32,7 @@ from contextlib import (
     contextmanager,
     suppress,
 )
-from typing import Generic, Literal, Protocol, TypeAlias, TypeVar, cast
+from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
 
 import anyio
 import anyio.abc
@@ -404,7 +404,7 @@ async def check_ordered_message_fields(backend: BackendFactory) -> None:
             partition = litechan.partition_for(key, 4)
             before = _now(h)
             r1 = await topic.send(key, b"frame-1", headers={"codec": "opus"})
-            r2 = await topic.send(key, cast(bytes, bytearray(b"frame-2")))
+            r2 = await topic.send(key, bytearray(b"frame-2"))
             after = _now(h)
             _equal((r1.partition, r1.offset, r1.duplicate), (partition, 1, False), "first receipt")
             _equal((r2.partition, r2.offset, r2.duplicate), (partition, 2, False), "second receipt")
@@ -444,7 +444,7 @@ async def check_lite_message_fields(backend: BackendFactory) -> None:
             replies = broker.lite_topics(_PARENT)
             before = _now(h)
             o1 = await replies.publish("s1", b"chunk-1", headers={"seq": "1"})
-            o2 = await replies.publish("s1", cast(bytes, bytearray(b"chunk-2")))
+            o2 = await replies.publish("s1", bytearray(b"chunk-2"))
             after = _now(h)
             _equal((o1, o2), (1, 2), "offsets returned by publish")
             async with replies.subscriber(group=_LITE_GROUP, name="gw-1") as sub:

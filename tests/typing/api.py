@@ -6,6 +6,7 @@ shows up as a type-check failure. pytest does not collect it (its name has no ``
 
 from __future__ import annotations
 
+import array
 from typing import assert_type
 
 import anyio
@@ -112,6 +113,10 @@ async def main() -> None:
         assert_type(replies, litechan.LiteTopics)
 
         receipt = await audio.send("session-1", b"frame", headers={"k": "v"}, dedupe_id="r1")
+        await audio.send("session-1", bytearray(b"frame"))  # any buffer is a payload
+        await audio.send("session-1", memoryview(b"frame")[1:])
+        await audio.send("session-1", array.array("h", [0, 1, -1]))
+        await replies.publish("session-1", bytearray(b"chunk"))
         assert_type(receipt, litechan.Receipt)
         assert_type(receipt.partition, int)
         assert_type(receipt.offset, int)
