@@ -43,9 +43,10 @@ def connect(
     """Return a broker for *url*; open it with ``async with``.
 
     ``memory://`` is a private in-process world, ``memory://NAME`` a world shared by every
-    broker of this process opened with the same NAME. *max_payload* bounds each message's
-    payload (``PayloadTooLarge`` above it, before anything is written). *clock* replaces wall
-    time for TTL, delays, the dedupe window and ``published_at`` (see :class:`ManualClock`).
+    broker of this process opened with the same NAME, in one event loop. *max_payload* bounds
+    each message's payload (``PayloadTooLarge`` above it, before anything is written). *clock*
+    replaces wall time for TTL, delays, the dedupe window and ``published_at`` (see
+    :class:`ManualClock`).
 
     :raises UnknownBackend: no backend is registered for the URL's scheme.
     :raises InvalidArgument: the URL or an option is malformed.
