@@ -21,9 +21,8 @@ _REDIS_FIXTURES: Final = frozenset(
     {"redis_server", "redis_base_url", "redis62_server", "own_redis_server", "redis_url"}
 )
 
-if REDIS_EXTRA:
-    pytest_plugins = ["redis_fixtures"]
-else:  # the examples extra (the voice agent's web stack) requires the redis extra too
+pytest_plugins = ["pytester", *(["redis_fixtures"] if REDIS_EXTRA else [])]
+if not REDIS_EXTRA:  # the examples extra (the voice agent's web stack) requires the redis extra too
     collect_ignore_glob = ["test_redis*.py", "test_voice_agent.py"]
 
 
