@@ -14,7 +14,12 @@ from types import ModuleType
 
 import pytest
 
-PUBLIC_MODULES = ["litechan", "litechan.testing"]
+PUBLIC_MODULES = [
+    "litechan",
+    "litechan.backends",
+    "litechan.testing",
+    "litechan.testing.pytest_plugin",
+]
 API_DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 
 

@@ -1,4 +1,4 @@
-"""The internal backend interface: what a storage engine must do for the core.
+"""The backend interface (public as :mod:`litechan.backends`): what a storage engine does.
 
 The core (``litechan/_broker.py``, ``_ordered.py``, ``_lite.py``) owns validation, handles, the
 key-ordered dispatch of ordered topics and the per-topic buffers of lite-topic subscribers. A
@@ -60,7 +60,10 @@ LiteBody = tuple[bytes, dict[str, str] | None, float]
 
 @attrs.frozen
 class BackendOptions:
-    """Options of :func:`litechan.connect` that every backend receives."""
+    """Options of :func:`litechan.connect` that every backend receives.
+
+    .. versionadded:: 0.2.0
+    """
 
     clock: Clock
     max_payload: int
@@ -68,7 +71,10 @@ class BackendOptions:
 
 @attrs.frozen
 class OrderedSpec:
-    """The declared settings of an ordered topic (compared on re-declaration)."""
+    """The declared settings of an ordered topic (compared on re-declaration).
+
+    .. versionadded:: 0.2.0
+    """
 
     name: str
     partitions: int
@@ -78,7 +84,10 @@ class OrderedSpec:
 
 @attrs.frozen
 class LiteSpec:
-    """The declared settings of a lite-topic parent (compared on re-declaration)."""
+    """The declared settings of a lite-topic parent (compared on re-declaration).
+
+    .. versionadded:: 0.2.0
+    """
 
     parent: str
     ttl: float
@@ -91,6 +100,8 @@ class Entry:
 
     ``generation`` is the member's ownership generation of the partition when it was handed out;
     the backend ignores settlements whose generation is no longer current (fencing, G4).
+
+    .. versionadded:: 0.2.0
     """
 
     partition: int
@@ -109,6 +120,8 @@ class OrderedBatch:
 
     A partition in ``revoked`` must be released with :meth:`GroupMember.release` once the
     messages of it that are in flight have been settled (G1 across a rebalance).
+
+    .. versionadded:: 0.2.0
     """
 
     entries: Sequence[Entry]
@@ -123,6 +136,8 @@ class Subscription:
     ``next_offset`` on yet (and holds nothing of it): the subscriber then waits for the member's
     news instead of fetching once, which matters to a gateway that subscribes to thousands of
     new sessions at once.
+
+    .. versionadded:: 0.2.0
     """
 
     generation: int
@@ -139,6 +154,8 @@ class LiteBatch(NamedTuple):
     the next fetch starts and ``more`` whether records may be waiting there. ``gap`` counts
     messages trimmed before they could be read (G9). ``ended`` is set when the member no longer
     owns the lite topic (the listener is told too).
+
+    .. versionadded:: 0.2.0
     """
 
     epoch: str
@@ -154,6 +171,8 @@ class OrderedListener:
     """How a backend tells a consumer that its partitions changed or have new entries.
 
     ``wake()`` may be called spuriously; it never suspends.
+
+    .. versionadded:: 0.2.0
     """
 
     wake: Callable[[], None]
@@ -170,6 +189,8 @@ class LiteListener:
     takes them (True) only if they are exactly what it would fetch next and it has room;
     otherwise (False) nothing changed, and the backend keeps them to be fetched (and calls
     ``on_data``). Pushing is optional: a backend may always rely on ``on_data`` and fetch.
+
+    .. versionadded:: 0.2.0
     """
 
     on_data: Callable[[str], None]
@@ -187,6 +208,8 @@ class Fence(Protocol):
     meanwhile without having read the news yet. The core hands out a held message only while
     ``until`` is ahead of ``time.monotonic()``, and otherwise awaits :meth:`confirm` first (and
     then looks again whether the topic is still its own).
+
+    .. versionadded:: 0.2.0
     """
 
     #: ``time.monotonic()`` until which held messages may be handed out.
@@ -210,7 +233,10 @@ ALWAYS_FRESH: Final[Fence] = _AlwaysFresh()
 
 
 class GroupMember(Protocol):
-    """One consumer's membership of a consumer group of an ordered topic."""
+    """One consumer's membership of a consumer group of an ordered topic.
+
+    .. versionadded:: 0.2.0
+    """
 
     @property
     def partitions(self) -> frozenset[int]:
@@ -254,7 +280,10 @@ class GroupMember(Protocol):
 
 
 class LiteMember(Protocol):
-    """One subscriber's attachment to a lite-topic parent, for one group."""
+    """One subscriber's attachment to a lite-topic parent, for one group.
+
+    .. versionadded:: 0.2.0
+    """
 
     #: When held messages may be handed out without proving ownership first.
     fence: Fence
@@ -285,7 +314,10 @@ class LiteMember(Protocol):
 
 
 class Backend(Protocol):
-    """A storage engine reached through one :class:`litechan.Broker`."""
+    """A storage engine reached through one :class:`litechan.Broker`.
+
+    .. versionadded:: 0.2.0
+    """
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Connect, and start background work (timers, readers) in the broker's task group."""

@@ -66,6 +66,7 @@ from ._harness import BackendFactory as BackendFactory
 from ._harness import Harness as Harness
 from ._harness import memory_backend as memory_backend
 from ._harness import redis_backend as redis_backend
+from ._harness import url_backend as url_backend
 
 __all__ = [
     # ---- running the kit ----
@@ -78,6 +79,7 @@ __all__ = [
     "ManualClock",
     "memory_backend",
     "redis_backend",
+    "url_backend",
     # ---- messages as delivered ----
     "check_lite_message_fields",
     "check_ordered_message_fields",

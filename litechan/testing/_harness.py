@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TypeAlias, final
+from typing import Final, TypeAlias, final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -115,9 +115,49 @@ async def memory_backend() -> AsyncIterator[Harness]:
 
     .. versionadded:: 0.1.0
     """
-    harness = Harness(url=f"memory://kit-{uuid.uuid4().hex}", clock=ManualClock())
-    async with harness.connect():
+    async with _memory_worlds() as harness:
         yield harness
+
+
+def url_backend(
+    make_url: Callable[[], str],
+    *,
+    manual_clock: bool = False,
+    hold_open: bool = False,
+    settle_time: float = 0.0,
+) -> BackendFactory:
+    """A :data:`BackendFactory` for any backend litechan can open, its own or one an installed
+    package registers (see :mod:`litechan.backends`).
+
+    Each call opens ``make_url()``, which must name a fresh, empty world (a new name, database
+    or namespace each time). *manual_clock*: the brokers read a :class:`ManualClock`, which
+    checks advance (for a backend that takes its time from ``connect(clock=...)``, as
+    in-process ones do); otherwise time is real. *hold_open*: one broker stays open for the
+    harness's life (for a world that lives only while a broker has it open). *settle_time* is
+    what :meth:`Harness.settle` waits for work done outside this process.
+
+    .. versionadded:: 0.2.0
+    """
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[Harness]:
+        harness = Harness(
+            url=make_url(),
+            clock=ManualClock() if manual_clock else None,
+            settle_time=settle_time,
+        )
+        if hold_open:
+            async with harness.connect():
+                yield harness
+        else:
+            yield harness
+
+    return factory
+
+
+_memory_worlds: Final = url_backend(
+    lambda: f"memory://kit-{uuid.uuid4().hex}", manual_clock=True, hold_open=True
+)
 
 
 def redis_backend(url: str, *, settle_time: float = 0.05) -> BackendFactory:

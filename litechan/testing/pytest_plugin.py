@@ -17,17 +17,18 @@ which anyio registers the same way).
 
 from __future__ import annotations
 
+import collections.abc
 import os
-from collections.abc import AsyncIterator
-from typing import Final
+import typing
 
 import pytest
 
 import litechan
 
-from ._harness import redis_backend
+from ._harness import redis_backend as _redis_backend
 
 __all__ = [
+    "CLOCK_START",
     "REDIS_URL_ENV",
     "litechan_broker",
     "litechan_clock",
@@ -36,36 +37,52 @@ __all__ = [
 ]
 
 #: The environment variable naming the Redis server of ``litechan_redis_url``.
-REDIS_URL_ENV: Final = "LITECHAN_TEST_REDIS_URL"
+REDIS_URL_ENV: typing.Final = "LITECHAN_TEST_REDIS_URL"
 #: Where ``litechan_clock`` starts (2023-11-14, UNIX seconds).
-CLOCK_START: Final = 1_700_000_000.0
+CLOCK_START: typing.Final = 1_700_000_000.0
 
 
 @pytest.fixture
 def litechan_clock() -> litechan.ManualClock:
-    """A manual clock at a fixed time, read by ``litechan_broker``."""
+    """A manual clock at a fixed time, read by ``litechan_broker``.
+
+    .. versionadded:: 0.2.0
+    """
     return litechan.ManualClock(start=CLOCK_START)
 
 
 @pytest.fixture
-async def litechan_broker(litechan_clock: litechan.ManualClock) -> AsyncIterator[litechan.Broker]:
-    """An open broker on a private memory:// world that reads ``litechan_clock``."""
+async def litechan_broker(
+    litechan_clock: litechan.ManualClock,
+) -> collections.abc.AsyncIterator[litechan.Broker]:
+    """An open broker on a private memory:// world that reads ``litechan_clock``.
+
+    .. versionadded:: 0.2.0
+    """
     async with litechan.connect("memory://", clock=litechan_clock) as broker:
         yield broker
 
 
 @pytest.fixture
-async def litechan_redis_url() -> AsyncIterator[str]:
-    """``LITECHAN_TEST_REDIS_URL`` with a namespace of this test's own, deleted after it."""
+async def litechan_redis_url() -> collections.abc.AsyncIterator[str]:
+    """``LITECHAN_TEST_REDIS_URL`` with a namespace of this test's own, deleted after it.
+
+    .. versionadded:: 0.2.0
+    """
     base = os.environ.get(REDIS_URL_ENV)
     if not base:
         pytest.skip(f"set {REDIS_URL_ENV}=redis://host:port/db to run the tests that use Redis")
-    async with redis_backend(base)() as harness:
+    async with _redis_backend(base)() as harness:
         yield harness.url
 
 
 @pytest.fixture
-async def litechan_redis_broker(litechan_redis_url: str) -> AsyncIterator[litechan.Broker]:
-    """An open broker on ``litechan_redis_url``."""
+async def litechan_redis_broker(
+    litechan_redis_url: str,
+) -> collections.abc.AsyncIterator[litechan.Broker]:
+    """An open broker on ``litechan_redis_url``.
+
+    .. versionadded:: 0.2.0
+    """
     async with litechan.connect(litechan_redis_url) as broker:
         yield broker
