@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Protocol, Self, final
+from typing import TYPE_CHECKING, Final, Self, final
 from urllib.parse import urlsplit
 
 import anyio
@@ -21,7 +21,7 @@ from ._background import Background
 from ._clock import Clock, SystemClock
 from ._errors import InvalidArgument, ResourceClosed
 from ._names import check_int, check_name, check_seconds, utf8_ok
-from ._pacing import Pacer
+from ._session import Session
 from ._urls import redact
 
 if TYPE_CHECKING:
@@ -80,32 +80,28 @@ class Broker:
     """
 
     def __init__(self, url: str, backend: Backend, options: BackendOptions) -> None:
-        self._url = redact(url)  # all a broker shows of its URL: never the password
         self._backend = backend
-        self._options = options
+        # What the handles share; all the broker shows of its URL is without the password.
+        self._session = Session(backend, options, redact(url))
         self._background = Background()
-        self._state = "new"
         self._ordered: dict[str, OrderedTopic] = {}
         self._lite: dict[str, LiteTopics] = {}
-        self._resources: set[_Closable] = set()
-        # publish/send on a backend that does not suspend must still yield now and then.
-        self._pacer = Pacer()
 
     def __repr__(self) -> str:
-        return f"<litechan.Broker {self._url!r} {self._state}>"
+        return f"<litechan.Broker {self.url!r} {self._session.state}>"
 
     @property
     def url(self) -> str:
         """The URL the broker was opened with, its password (if any) replaced by ``***``."""
-        return self._url
+        return self._session.shown_url
 
     @property
     def clock(self) -> Clock:
         """The clock the broker reads (wall time unless one was passed to :func:`connect`)."""
-        return self._options.clock
+        return self._session.clock
 
     async def __aenter__(self) -> Self:
-        if self._state != "new":
+        if self._session.state != "new":
             raise ResourceClosed("a Broker can be opened only once; call litechan.connect() again")
         task_group = await self._background.open()
         try:
@@ -116,7 +112,7 @@ class Broker:
             with contextlib.suppress(BaseExceptionGroup):
                 await self._background.close(exc)
             raise
-        self._state = "open"
+        self._session.state = "open"
         return self
 
     async def __aexit__(
@@ -130,34 +126,18 @@ class Broker:
 
     async def aclose(self) -> None:
         """Close every consumer and subscriber of this broker, then the backend connection."""
-        if self._state != "open":
-            self._state = "closed"
+        session = self._session
+        if session.state != "open":
+            session.state = "closed"
             return
-        self._state = "closed"
+        session.state = "closed"
         self._backend.closing()
         with anyio.CancelScope(shield=True):
-            for resource in list(self._resources):
+            for resource in list(session.resources):
                 await resource.aclose()
             await self._backend.aclose()
         # The task group's scope is cancelled by __aexit__, after the application's body: it
         # wraps that body, which must see its consumers end, not a cancellation.
-
-    # -- internal helpers used by the handles ------------------------------------------------
-
-    @property
-    def _open_backend(self) -> Backend:
-        if self._state != "open":
-            raise ResourceClosed(
-                f"broker {self._url!r} is {self._state}: "
-                "use it inside `async with litechan.connect(...)`"
-            )
-        return self._backend
-
-    def _register(self, resource: _Closable) -> None:
-        self._resources.add(resource)
-
-    def _unregister(self, resource: _Closable) -> None:
-        self._resources.discard(resource)
 
     # -- handles -------------------------------------------------------------------------------
 
@@ -186,10 +166,10 @@ class Broker:
         check_int(max_len, "max_len", 1)
         check_seconds(dedupe_window, "dedupe_window", allow_zero=True)
         spec = OrderedSpec(name, partitions, max_len, float(dedupe_window))
-        self._open_backend.declare_ordered(spec)
+        self._session.backend.declare_ordered(spec)
         handle = self._ordered.get(name)
         if handle is None:
-            handle = self._ordered[name] = OrderedTopic(self, spec)
+            handle = self._ordered[name] = OrderedTopic(self._session, spec)
         return handle
 
     def lite_topics(self, parent: str, *, ttl: float = 600.0, max_len: int = 10_000) -> LiteTopics:
@@ -209,14 +189,8 @@ class Broker:
         check_seconds(ttl, "ttl", allow_zero=False)
         check_int(max_len, "max_len", 1)
         spec = LiteSpec(parent, float(ttl), max_len)
-        self._open_backend.declare_lite(spec)
+        self._session.backend.declare_lite(spec)
         handle = self._lite.get(parent)
         if handle is None:
-            handle = self._lite[parent] = LiteTopics(self, spec)
+            handle = self._lite[parent] = LiteTopics(self._session, spec)
         return handle
-
-
-class _Closable(Protocol):
-    """What the broker closes on exit (consumers and subscribers)."""
-
-    async def aclose(self) -> None: ...

@@ -29,7 +29,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Hashable
 
-from ._backends.base import Entry
+from ._types import Entry
 
 __all__ = ["KeyOrderedDispatcher", "by_key", "by_partition"]
 

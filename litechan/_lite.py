@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self, final
+from typing import Final, Self, final
 
 import anyio
 import anyio.abc
@@ -36,10 +36,8 @@ from ._errors import InvalidArgument, ResourceClosed
 from ._log import logger
 from ._names import check_headers, check_int, check_name, check_payload
 from ._pacing import Pacer
+from ._session import Session
 from ._types import Buffer, EndReason, LiteMessage, LiteTopicsStats
-
-if TYPE_CHECKING:
-    from ._broker import Broker
 
 __all__ = ["Channel", "LiteTopics", "Subscriber"]
 
@@ -56,8 +54,8 @@ class LiteTopics:
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, broker: Broker, spec: LiteSpec) -> None:
-        self._broker = broker
+    def __init__(self, session: Session, spec: LiteSpec) -> None:
+        self._session = session
         self._spec = spec
 
     def __repr__(self) -> str:
@@ -97,11 +95,11 @@ class LiteTopics:
             strings UTF-8 can encode.
         :raises ResourceClosed: the broker is closed.
         """
-        backend = self._broker._open_backend
+        backend = self._session.backend
         check_name(lite_topic, "lite topic name")
-        body = check_payload(payload, self._broker._options.max_payload)
+        body = check_payload(payload, self._session.options.max_payload)
         fields = check_headers(headers)
-        if self._broker._pacer.due():
+        if self._session.pacer.due():
             await anyio.lowlevel.checkpoint()  # before the write: a cancel loses nothing
         return await backend.publish(self._spec, lite_topic, body, fields)
 
@@ -117,7 +115,7 @@ class LiteTopics:
     async def stats(self, top: int = 10) -> LiteTopicsStats:
         """Live topics, subscriptions, total backlog and the *top* most congested lite topics."""
         check_int(top, "top", 0)
-        return await self._broker._open_backend.lite_stats(self._spec, top)
+        return await self._session.backend.lite_stats(self._spec, top)
 
 
 class _TopicSub:
@@ -255,7 +253,7 @@ class Subscriber:
 
     def __init__(self, topics: LiteTopics, group: str, name: str) -> None:
         self._topics = topics
-        self._broker = topics._broker
+        self._session = topics._session
         self._group = group
         self._name = name
         self._member: LiteMember | None = None
@@ -288,13 +286,13 @@ class Subscriber:
     async def __aenter__(self) -> Self:
         if self._member is not None or self._closed:
             raise ResourceClosed("a Subscriber can be opened only once")
-        backend = self._broker._open_backend
+        backend = self._session.backend
         listener = LiteListener(
             on_data=self._on_data, on_end=self._on_end, on_records=self._on_records
         )
         self._member = await backend.attach(self._topics._spec, self._group, self._name, listener)
         self._fence = self._member.fence
-        self._broker._register(self)
+        self._session.register(self)
         return self
 
     async def __aexit__(
@@ -310,7 +308,7 @@ class Subscriber:
         if self._closed:
             return
         self._closed = True
-        self._broker._unregister(self)
+        self._session.unregister(self)
         for ts in list(self._subs.values()):
             self._end(ts, EndReason.CLOSED)
         if self._member is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self, final
+from typing import Literal, Self, final
 
 import anyio
 import anyio.abc
@@ -38,10 +38,8 @@ from ._names import (
     check_seconds,
 )
 from ._pacing import Pacer
+from ._session import Session
 from ._types import Buffer, DeadLetter, Message, OrderedTopicStats, Receipt
-
-if TYPE_CHECKING:
-    from ._broker import Broker
 
 __all__ = ["Consumer", "OrderedTopic"]
 
@@ -53,8 +51,8 @@ class OrderedTopic:
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, broker: Broker, spec: OrderedSpec) -> None:
-        self._broker = broker
+    def __init__(self, session: Session, spec: OrderedSpec) -> None:
+        self._session = session
         self._spec = spec
 
     def __repr__(self) -> str:
@@ -91,13 +89,13 @@ class OrderedTopic:
             strings UTF-8 can encode.
         :raises ResourceClosed: the broker is closed.
         """
-        backend = self._broker._open_backend
+        backend = self._session.backend
         check_key(key)
-        body = check_payload(payload, self._broker._options.max_payload)
+        body = check_payload(payload, self._session.options.max_payload)
         fields = check_headers(headers)
         dedupe_id = check_dedupe_id(dedupe_id)
         partition = partition_for(key, self._spec.partitions)
-        if self._broker._pacer.due():
+        if self._session.pacer.due():
             await anyio.lowlevel.checkpoint()  # before the write: a cancel loses nothing
         return await backend.send(self._spec, partition, key, body, fields, dedupe_id)
 
@@ -133,11 +131,11 @@ class OrderedTopic:
     async def dead_letters(self, group: str) -> list[DeadLetter]:
         """Messages of *group* that were rejected or exceeded ``max_deliveries``, oldest first."""
         check_name(group, "group name")
-        return await self._broker._open_backend.dead_letters(self._spec, group)
+        return await self._session.backend.dead_letters(self._spec, group)
 
     async def stats(self) -> OrderedTopicStats:
         """Per-partition length, and each group's committed offset, lag, pending and owner."""
-        return await self._broker._open_backend.ordered_stats(self._spec)
+        return await self._session.backend.ordered_stats(self._spec)
 
 
 @final
@@ -162,7 +160,7 @@ class Consumer:
         max_buffered: int,
     ) -> None:
         self._topic = topic
-        self._broker = topic._broker
+        self._session = topic._session
         self._group = group
         self._name = name
         self._ordering = ordering
@@ -177,7 +175,7 @@ class Consumer:
         self._warned_full = False
         self._member: GroupMember | None = None
         self._background = Background()
-        self._alarm = Alarm(self._broker.clock, self._on_alarm)
+        self._alarm = Alarm(self._session.clock, self._on_alarm)
         self._woken = True
         self._event: anyio.Event | None = None
         self._revoking: dict[int, list[Entry]] = {}
@@ -211,7 +209,7 @@ class Consumer:
     async def __aenter__(self) -> Self:
         if self._member is not None or self._closed:
             raise ResourceClosed("a Consumer can be opened only once")
-        backend = self._broker._open_backend
+        backend = self._session.backend
         task_group = await self._background.open()
         task_group.start_soon(self._alarm.run)
         try:
@@ -225,7 +223,7 @@ class Consumer:
         except BaseException as exc:
             await self._background.close(exc)  # raises a group only if the alarm failed too
             raise
-        self._broker._register(self)
+        self._session.register(self)
         return self
 
     async def __aexit__(
@@ -242,7 +240,7 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
-        self._broker._unregister(self)
+        self._session.unregister(self)
         undelivered = self._dispatcher.drain()
         for dropped in self._revoking.values():
             undelivered.extend(dropped)
@@ -269,7 +267,7 @@ class Consumer:
 
     def _on_alarm(self) -> None:
         dispatcher = self._dispatcher
-        dispatcher.release_due(self._broker.clock.time())
+        dispatcher.release_due(self._session.clock.time())
         due = dispatcher.next_due()
         if due is not None:
             self._alarm.arm(due)
@@ -327,7 +325,7 @@ class Consumer:
             if self._not_before
             else None
         )
-        if due is not None and due > self._broker.clock.time():
+        if due is not None and due > self._session.clock.time():
             # A retry this consumer handed back with its partition came back to it.
             self._dispatcher.push_delayed(entry, due)
             self._alarm.arm(due)
@@ -365,7 +363,7 @@ class Consumer:
         # at once. Keeping them here would hold every other session of the partition until
         # the delay ran out (G2 matters more than the length of a retry delay).
         dispatcher = self._dispatcher
-        now = self._broker.clock.time()
+        now = self._session.clock.time()
         for due, entry in dispatcher.delayed_entries(partition):
             if due > now:
                 self._remember_delay(entry, due)
@@ -379,7 +377,7 @@ class Consumer:
         # Should the partition come back to this consumer, the retry still waits for its due
         # time (a new owner delivers it at once). Forget what is past due now and then.
         if len(self._not_before) >= 1024:
-            now = self._broker.clock.time()
+            now = self._session.clock.time()
             self._not_before = {k: d for k, d in self._not_before.items() if d > now}
         self._not_before[(entry.partition, entry.offset)] = due
 
@@ -441,7 +439,7 @@ class Consumer:
             return
         await self._member.nack(entry)
         dispatcher = self._dispatcher
-        due = self._broker.clock.time() + seconds
+        due = self._session.clock.time() + seconds
         # A fresh entry: the settled message keeps the delivery count it was delivered with.
         entry = attrs.evolve(entry, delivery_count=entry.delivery_count + 1)
         dispatcher.retry(entry, due)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from typing import TYPE_CHECKING, TypeAlias, final
+from typing import TYPE_CHECKING, Protocol, TypeAlias, final
 
 import attrs
 
@@ -20,12 +20,11 @@ else:
     Buffer: TypeAlias = bytes | bytearray | memoryview  # a name for 3.11 at run time
 
 if TYPE_CHECKING:
-    from ._backends.base import Entry
-    from ._lite import _TopicSub
-    from ._ordered import Consumer
+    from collections.abc import Awaitable
 
 __all__ = [
     "Buffer",
+    "Entry",
     "DeadLetter",
     "EndReason",
     "GroupLag",
@@ -72,6 +71,42 @@ class Receipt:
     duplicate: bool = False
 
 
+@attrs.define(slots=True)
+class Entry:
+    """One ordered-topic message handed to a group member.
+
+    ``generation`` is the member's ownership generation of the partition when it was handed out;
+    the backend ignores settlements whose generation is no longer current (fencing, G4).
+
+    .. versionadded:: 0.2.0
+    """
+
+    partition: int
+    offset: int
+    key: str
+    payload: bytes
+    headers: dict[str, str]
+    published_at: float
+    delivery_count: int
+    generation: int
+
+
+class _Settles(Protocol):
+    """Where an ordered :class:`Message` settles: the consumer that delivered it."""
+
+    async def _ack(self, message: Message) -> None: ...
+
+    async def _nack(self, message: Message, delay: float) -> None: ...
+
+    async def _reject(self, message: Message, reason: str) -> None: ...
+
+
+class _Acks(Protocol):
+    """Where a :class:`LiteMessage` is acked: the subscription that delivered it."""
+
+    def ack(self, message: LiteMessage) -> Awaitable[None] | None: ...
+
+
 @final
 class Message:
     """One message of an ordered topic, delivered to a consumer.
@@ -86,7 +121,7 @@ class Message:
 
     __slots__ = ("_consumer", "_entry", "_settled")
 
-    def __init__(self, entry: Entry, consumer: Consumer) -> None:
+    def __init__(self, entry: Entry, consumer: _Settles) -> None:
         self._entry = entry
         self._consumer = consumer
         self._settled = False
@@ -170,7 +205,7 @@ class LiteMessage:
     headers: dict[str, str]
     published_at: float
     gap_before: int
-    _sub: _TopicSub = attrs.field(repr=False, alias="sub")
+    _sub: _Acks = attrs.field(repr=False, alias="sub")
 
     async def ack(self) -> None:
         """Commit the message for the group (fenced: a no-op once ownership or epoch changed)."""

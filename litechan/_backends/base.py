@@ -22,7 +22,7 @@ import anyio.abc
 import attrs
 
 from .._clock import Clock
-from .._types import DeadLetter, EndReason, LiteTopicsStats, OrderedTopicStats, Receipt
+from .._types import DeadLetter, EndReason, Entry, LiteTopicsStats, OrderedTopicStats, Receipt
 
 __all__ = [
     "ALWAYS_FRESH",
@@ -92,26 +92,6 @@ class LiteSpec:
     parent: str
     ttl: float
     max_len: int
-
-
-@attrs.define(slots=True)
-class Entry:
-    """One ordered-topic message handed to a group member.
-
-    ``generation`` is the member's ownership generation of the partition when it was handed out;
-    the backend ignores settlements whose generation is no longer current (fencing, G4).
-
-    .. versionadded:: 0.2.0
-    """
-
-    partition: int
-    offset: int
-    key: str
-    payload: bytes
-    headers: dict[str, str]
-    published_at: float
-    delivery_count: int
-    generation: int
 
 
 @attrs.frozen
