@@ -45,6 +45,8 @@ async def _round_trip(url: str) -> None:
         ("pool_size=0", "pool_size"),
         ("lite_partitions=0", "lite_partitions"),
         ("lite_partitions=1025", "lite_partitions"),
+        ("max_pending=0", "max_pending"),
+        ("pending_wait=-1", "pending_wait"),
         ("acks=maybe", "acks"),
         ("namespace=a:b", "namespace"),
     ],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable
 from typing import Final, TypeVar
 from urllib.parse import SplitResult
@@ -281,6 +282,9 @@ class RedisBackend:
         dedupe_id: str | None,
     ) -> Receipt:
         topic = await self._ordered_topic(spec)
+        client = self.client
+        if client.full:
+            await client.wait_for_room(time.monotonic() + client.options.pending_wait)
         now = self._backend_options.clock.time()
         return await topic.send(partition, key, payload, headers, dedupe_id, now)
 
@@ -330,7 +334,7 @@ class RedisBackend:
         # Not a coroutine: once the parent is checked, the future of the queued message is all
         # there is to await (the client translates Redis errors).
         parent = self._parents[spec.parent]
-        if not parent.checked:
+        if not parent.checked or self.client.full:
             return self._publish_checked(spec, lite_topic, payload, headers)
         return parent.publish(lite_topic, encode_lite(payload, headers, self._clock()))
 
@@ -338,6 +342,9 @@ class RedisBackend:
         self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
     ) -> int:
         parent = await self._parent(spec)
+        client = self.client
+        if client.full:  # backpressure: wait for room, or shed the publish (Overloaded)
+            await client.wait_for_room(time.monotonic() + client.options.pending_wait)
         return await parent.publish(lite_topic, encode_lite(payload, headers, self._clock()))
 
     async def attach(

@@ -41,7 +41,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ..._errors import BrokerUnavailable, LitechanError
+from ..._errors import BrokerUnavailable, LitechanError, Overloaded
 from ..._log import logger
 from ._options import RedisOptions
 from ._replies import is_refusal, is_transient, reply_error
@@ -240,6 +240,9 @@ class Client:
         self._refused: list[_Call] = []
         self._refusal = ""
         self.connected = asyncio.Event()
+        #: Publishes and sends accepted and not answered yet (bounded by max_pending).
+        self.pending = 0
+        self._roomy: asyncio.Event | None = None  # set when pending falls under max_pending
 
     @property
     def options(self) -> RedisOptions:
@@ -344,6 +347,39 @@ class Client:
                     f"Redis at {self.server} unreachable for {now - down:.1f} s, longer than "
                     f"the retry option ({retry} s): {self._last_error}"
                 )
+
+    # -- backpressure ----------------------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        """Whether ``max_pending`` publishes and sends are unanswered: a new one must wait."""
+        return self.pending >= self._options.max_pending
+
+    def answered(self, count: int) -> None:
+        """*count* publishes or sends were answered (or failed): room for as many."""
+        self.pending -= count
+        roomy = self._roomy
+        if roomy is not None and self.pending < self._options.max_pending:
+            self._roomy = None
+            roomy.set()
+
+    async def wait_for_room(self, deadline: float) -> None:
+        """Return once a publish or send may be accepted; raise Overloaded if none may be by
+        *deadline* (``time.monotonic()``)."""
+        while self.full:
+            self.admit()  # closed, or an outage older than retry, says so first
+            roomy = self._roomy
+            if roomy is None:
+                roomy = self._roomy = asyncio.Event()
+            with anyio.move_on_after(deadline - time.monotonic()):
+                await roomy.wait()
+                continue
+            limit, wait = self._options.max_pending, self._options.pending_wait
+            raise Overloaded(
+                f"{self.pending:,} publishes and sends wait for Redis at {self.server} "
+                f"(max_pending={limit:,}) and none was answered within pending_wait={wait} s: "
+                "the server does not keep up with this load"
+            )
 
     def _future(self, packed: bytes, script: tuple[Script, Sequence[Arg]] | None = None) -> Any:
         future = self._enqueue(packed, script)

@@ -165,9 +165,11 @@ class RedisLiteTopics:
 
     def publish(self, lite_topic: str, body: bytes) -> asyncio.Future[int]:
         """Queue *body* for the next batch; the future gets its offset."""
-        self.client.admit()
+        client = self.client
+        client.admit()
         route = self._routes.get(lite_topic) or self.route(lite_topic)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        client.pending += 1  # until the call carrying it is answered (backpressure)
         pending = self._pending[route[0]]
         queued = pending.get(lite_topic)
         if queued is None:
@@ -205,7 +207,10 @@ class RedisLiteTopics:
         self._call(keys, args, futures)
 
     def _call(self, keys: list[Arg], args: list[Arg], futures: list[asyncio.Future[int]]) -> None:
+        client = self.client
+
         def done(outcome: Any) -> None:
+            client.answered(len(futures))
             if isinstance(outcome, BaseException):
                 for future in futures:
                     if not future.done():

@@ -75,6 +75,12 @@ class RedisOptions:
     #: a cluster spreads a parent over its nodes by partition. Part of a parent's settings:
     #: every process of a namespace must use the same value.
     lite_partitions: int = 1
+    #: The most publishes and sends a broker holds unanswered (queued, batched or on the wire).
+    #: One more waits up to ``pending_wait`` seconds for room, then raises Overloaded: a load
+    #: the server cannot keep up with is shed at the caller instead of queued without end.
+    max_pending: int = 100_000
+    #: How long a publish or send waits for room under ``max_pending`` before Overloaded.
+    pending_wait: float = 1.0
 
 
 _FLOATS: Final = {
@@ -82,6 +88,7 @@ _FLOATS: Final = {
     "socket_timeout": (0.001, 3600.0),
     "lease": (0.2, 3600.0),
     "retry": (0.0, 3600.0),
+    "pending_wait": (0.0, 3600.0),
 }
 
 #: Connection options of the query string (the names redis-py uses for them).
@@ -124,6 +131,8 @@ def parse_url(url: SplitResult) -> RedisOptions:
             values[name] = _int(name, raw, 1, 10_000)
         elif name == "lite_partitions":
             values[name] = _int(name, raw, 1, 1024)
+        elif name == "max_pending":
+            values[name] = _int(name, raw, 1, 1_000_000_000)
         elif name in _FLOATS:
             low, high = _FLOATS[name]
             values[name] = _float(name, raw, low, high)

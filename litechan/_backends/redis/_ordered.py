@@ -115,6 +115,7 @@ class RedisOrderedTopic:
         """Queue a message for the next batch; the future gets its receipt. The sends of one
         partition made between two batches travel in one ``ORDERED_SEND`` call."""
         self.client.admit()
+        self.client.pending += 1  # until the call carrying it is answered (backpressure)
         window = 0 if dedupe_id is None else round(self.spec.dedupe_window * 1000)
         dedupe_key = f"{self.tag(partition)}:d:{dedupe_id}" if window else ""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
@@ -144,7 +145,10 @@ class RedisOrderedTopic:
                 keys.append(dedupe_key)
             args += (window, body)
 
+        client = self.client
+
         def done(outcome: Any) -> None:
+            client.answered(len(queued))
             if isinstance(outcome, BaseException):
                 for *_, future in queued:
                     if not future.done():
