@@ -149,12 +149,19 @@ async def test_a_reader_behind_pauses_the_socket_and_loses_no_reply(
         try:
             await wire.write(pack(("SET", key, value)))
             assert await wire.read() == b"OK"
-            await wire.write(b"".join(pack(("GET", key)) for _ in range(10)))
             transport = wire._transport
             assert transport is not None
-            # Nothing is read meanwhile, so the bound must trip (a transport's state has no event)
-            while transport.is_reading():  # noqa: ASYNC110
-                await anyio.sleep(0.01)
+            paused = anyio.Event()
+            pause_reading = transport.pause_reading
+
+            def pause_and_tell() -> None:
+                pause_reading()
+                paused.set()
+
+            transport.pause_reading = pause_and_tell  # type: ignore[method-assign]
+            await wire.write(b"".join(pack(("GET", key)) for _ in range(10)))
+            await paused.wait()  # nothing is read meanwhile, so the bound must trip
+            assert not transport.is_reading()
             replies = [await wire.read() for _ in range(10)]
             assert replies == [value] * 10
             assert transport.is_reading()
@@ -307,10 +314,22 @@ async def test_an_owners_commit_key_lives_as_long_as_its_topic(
     admin = redis.Redis.from_url(redis_server.url)
     ttl = 2.0
 
-    def ttls() -> tuple[int, int]:
+    def keys() -> tuple[bytes, bytes]:
         (meta,) = admin.keys(f"{{{namespace}:l:*:m:s")
         (commit,) = admin.keys(f"{{{namespace}:l:*:c:s:*")
+        return meta, commit
+
+    def ttls() -> tuple[int, int]:
+        meta, commit = keys()
         return int(admin.pttl(meta)), int(admin.pttl(commit))
+
+    def age() -> None:
+        """Make the topic look as if ttl / 10 had passed since its last refresh (its refresh
+        stamp long ago, both keys closer to expiry), without waiting for the server's clock."""
+        meta, commit = keys()
+        admin.hset(meta, "x", 0)
+        for key in (meta, commit):
+            admin.pexpire(key, 1000)
 
     try:
         with anyio.fail_after(20):
@@ -328,9 +347,7 @@ async def test_an_owners_commit_key_lives_as_long_as_its_topic(
                         assert abs(meta_ttl - commit_ttl) < 100, (meta_ttl, commit_ttl)
                         msg = await anext(aiter(channel))
                         await msg.ack()
-                        # The refresh comes once ttl / 10 has passed since the last one: let
-                        # the server's clock pass it.
-                        await anyio.sleep(ttl / 10 + 0.05)
+                        age()  # the next publish must refresh both keys
                     stats = await replies.stats(top=1)
                     assert stats.backlog == 0, stats
     finally:
