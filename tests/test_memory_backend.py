@@ -78,6 +78,13 @@ def test_memory_urls_take_only_a_name(url: str) -> None:
         litechan.connect(url)
 
 
+def test_a_refused_memory_url_does_not_echo_a_password() -> None:
+    """A memory URL refused for its path is shown in the error with its password as ***."""
+    with pytest.raises(litechan.InvalidArgument, match=r"u:\*\*\*@x") as info:
+        litechan.connect("memory://u:s3cret@x/path")
+    assert "s3cret" not in str(info.value)
+
+
 def test_unknown_scheme_lists_known_ones() -> None:
     """An unknown URL scheme raises UnknownBackend naming the schemes that exist."""
     with pytest.raises(litechan.UnknownBackend, match="memory://"):

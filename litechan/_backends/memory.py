@@ -43,6 +43,7 @@ from .._types import (
     PartitionStats,
     Receipt,
 )
+from .._urls import redact
 from .base import (
     ALWAYS_FRESH,
     BackendOptions,
@@ -630,7 +631,7 @@ class MemoryBackend:
         if url.path not in ("", "/") or url.query or url.fragment:
             raise InvalidArgument(
                 "memory URLs take only a world name (memory:// or memory://NAME), "
-                f"got {url.geturl()!r}"
+                f"got {redact(url)!r}"
             )
         self._name = url.netloc or None
         self._options = options

@@ -115,11 +115,11 @@ class RedisOrderedTopic:
         """Queue a message for the next batch; the future gets its receipt. The sends of one
         partition made between two batches travel in one ``ORDERED_SEND`` call."""
         self.client.admit()
-        self.client.pending += 1  # until the call carrying it is answered (backpressure)
         window = 0 if dedupe_id is None else round(self.spec.dedupe_window * 1000)
         dedupe_key = f"{self.tag(partition)}:d:{dedupe_id}" if window else ""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
         body = _encode((key, payload, headers or None, now))
+        self.client.pending += 1  # until the call carrying it is answered (backpressure)
         queued = self._pending.get(partition)
         if queued is None:
             queued = self._pending[partition] = []
