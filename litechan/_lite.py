@@ -83,25 +83,32 @@ class LiteTopics:
         payload: Buffer,
         *,
         headers: Mapping[str, str] | None = None,
+        expires_in: float | None = None,
     ) -> int:
         """Append *payload* to *lite_topic*, creating it if needed (G5); return its offset.
 
-        Every publish restarts the lite topic's TTL.
+        Every publish restarts the lite topic's TTL. With *expires_in*, a message that a
+        group's subscriber has not handed out when that many seconds have passed since the
+        publish (on the broker's clock) is never handed out: it is acked as expired
+        (``stats()``, event ``litechan.lite.message_expired``). *expires_in* is new in 0.2.0.
 
         :raises InvalidName: *lite_topic* breaks the naming rules.
         :raises PayloadTooLarge: *payload* exceeds the broker's ``max_payload``, or *headers*
             hold more than 64 KiB.
         :raises InvalidPayload: *payload* is not bytes or *headers* not ``dict[str, str]`` of
             strings UTF-8 can encode.
+        :raises InvalidArgument: *expires_in* is not ``None`` or a finite number of seconds
+            > 0.
         :raises ResourceClosed: the broker is closed.
         """
         backend = self._session.backend
         check_name(lite_topic, "lite topic name")
         body = check_payload(payload, self._session.options.max_payload)
         fields = check_headers(headers)
+        expires_at = None if expires_in is None else self._session.deadline(expires_in)
         if self._session.pacer.due():
             await anyio.lowlevel.checkpoint()  # before the write: a cancel loses nothing
-        return await backend.publish(self._spec, lite_topic, body, fields)
+        return await backend.publish(self._spec, lite_topic, body, fields, expires_at)
 
     def subscriber(self, *, group: str, name: str) -> Subscriber:
         """Return a subscriber named *name* of *group*; open it with ``async with``.
@@ -158,6 +165,31 @@ class _TopicSub:
         if member is None:
             return None
         return member.ack(self.lite_topic, message.epoch, message.offset, self.generation)
+
+    def stale(self, message: LiteMessage) -> bool:
+        """Whether *message*, taken from the buffer, is past its deadline."""
+        expires_at = message.expires_at
+        return expires_at is not None and expires_at <= self.sub._session.clock.time()
+
+    async def expire(self, message: LiteMessage) -> None:
+        """Settle *message*, taken from the buffer but never handed out: it is too late."""
+        sub = self.sub
+        member = sub._member
+        expires_at = message.expires_at or 0.0
+        logger.info(
+            "litechan.lite.message_expired",
+            parent=sub._topics.parent,
+            lite_topic=self.lite_topic,
+            group=sub._group,
+            subscriber=sub._name,
+            offset=message.offset,
+            late=round(sub._session.clock.time() - expires_at, 3),
+        )
+        if member is not None:
+            waiter = member.expire(self.lite_topic, message.epoch, message.offset, self.generation)
+            if waiter is not None:
+                with anyio.CancelScope(shield=True):  # taken from the buffer: see it through
+                    await waiter
 
     def wake(self) -> None:
         event, self.event = self.event, None
@@ -228,7 +260,11 @@ class Channel:
                 if fence.until <= time.monotonic():
                     await fence.confirm()  # the topic may have been taken over meanwhile
                     continue
-                return ts.buffer.popleft()
+                message = ts.buffer.popleft()
+                if message.expires_at is not None and ts.stale(message):
+                    await ts.expire(message)
+                    continue
+                return message
             if ts.end_reason is not None:
                 raise StopAsyncIteration
             if ts.notified:
@@ -426,7 +462,7 @@ class Subscriber:
         gap = ts.pending_gap
         ts.pending_gap = 0
         offset = first
-        for payload, headers, published_at in bodies:
+        for payload, headers, published_at, expires_at in bodies:
             buffer.append(
                 LiteMessage(
                     lite_topic,
@@ -436,6 +472,7 @@ class Subscriber:
                     dict(headers) if headers else {},
                     published_at,
                     gap,
+                    expires_at,
                     ts,
                 )
             )
@@ -507,7 +544,7 @@ class Subscriber:
         lite_topic = ts.lite_topic
         epoch = batch.epoch
         buffer = ts.buffer
-        for offset, payload, headers, published_at in records:
+        for offset, payload, headers, published_at, expires_at in records:
             buffer.append(
                 LiteMessage(
                     lite_topic,
@@ -517,6 +554,7 @@ class Subscriber:
                     dict(headers) if headers else {},
                     published_at,
                     gap,
+                    expires_at,
                     ts,
                 )
             )
@@ -550,6 +588,10 @@ class Subscriber:
                     else:
                         ready.popleft()
                         ts.in_ready = False
+                    if message.expires_at is not None and ts.stale(message):
+                        await ts.expire(message)
+                        ready = self._ready
+                        continue
                     return message
                 elif ts.notified:
                     await self._fill(ts)

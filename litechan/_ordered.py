@@ -75,14 +75,21 @@ class OrderedTopic:
         *,
         headers: Mapping[str, str] | None = None,
         dedupe_id: str | None = None,
+        expires_in: float | None = None,
     ) -> Receipt:
         """Append *payload* to the partition of *key* and return where it was stored.
 
         A second send with the same *dedupe_id* within the topic's dedupe window stores nothing
         and returns the first send's receipt with ``duplicate=True`` (G11).
 
+        With *expires_in*, a message that no consumer of a group has handed out when that many
+        seconds have passed since the send (on the broker's clock) is never handed out to the
+        group: it is settled as expired (``stats()``, event
+        ``litechan.ordered.message_expired``) and its key moves on. *expires_in* is new in 0.2.0.
+
         :raises InvalidName: *key* is not a str of 1 to 1024 characters that UTF-8 can encode.
-        :raises InvalidArgument: *dedupe_id* is not ``None`` or such a str.
+        :raises InvalidArgument: *dedupe_id* is not ``None`` or such a str, or *expires_in*
+            is not ``None`` or a finite number of seconds > 0.
         :raises PayloadTooLarge: *payload* exceeds the broker's ``max_payload``, or *headers*
             hold more than 64 KiB.
         :raises InvalidPayload: *payload* is not bytes or *headers* not ``dict[str, str]`` of
@@ -94,10 +101,11 @@ class OrderedTopic:
         body = check_payload(payload, self._session.options.max_payload)
         fields = check_headers(headers)
         dedupe_id = check_dedupe_id(dedupe_id)
+        expires_at = None if expires_in is None else self._session.deadline(expires_in)
         partition = partition_for(key, self._spec.partitions)
         if self._session.pacer.due():
             await anyio.lowlevel.checkpoint()  # before the write: a cancel loses nothing
-        return await backend.send(self._spec, partition, key, body, fields, dedupe_id)
+        return await backend.send(self._spec, partition, key, body, fields, dedupe_id, expires_at)
 
     def consumer(
         self,
@@ -298,6 +306,10 @@ class Consumer:
                 continue
             entry = dispatcher.pop()
             if entry is not None:
+                if entry.expires_at is not None and entry.expires_at <= self._session.clock.time():
+                    with anyio.CancelScope(shield=True):  # popped: settle it, or its key stalls
+                        await self._expire(entry)
+                    continue
                 return Message(entry, self)
             want = self._want(dispatcher)
             if self._woken or want:
@@ -413,6 +425,32 @@ class Consumer:
             raise
         self._dispatcher.settle(entry)
         await self._after_settle(entry)
+
+    async def _expire(self, entry: Entry) -> None:
+        """Settle *entry*, popped but never handed out: its deadline has passed."""
+        member = self._member
+        if member is not None and not self._closed:
+            logger.info(
+                "litechan.ordered.message_expired",
+                topic=self._topic.name,
+                group=self._group,
+                consumer=self._name,
+                partition=entry.partition,
+                offset=entry.offset,
+                key=entry.key,
+                late=round(self._session.clock.time() - entry.expires_at, 3)
+                if entry.expires_at is not None
+                else 0.0,
+            )
+            try:
+                await member.expire(entry)
+            finally:
+                # Refused or not, its key moves on here: a refused settlement leaves the entry
+                # pending in the backend, which hands it out again (and it expires again).
+                self._dispatcher.settle(entry)
+                await self._after_settle(entry)
+        else:
+            self._dispatcher.settle(entry)
 
     async def _reject(self, message: Message, reason: str) -> None:
         reason = check_reason(reason)

@@ -13,6 +13,7 @@ from typing import Protocol
 from ._backends.base import Backend, BackendOptions
 from ._clock import Clock
 from ._errors import ResourceClosed
+from ._names import check_seconds
 from ._pacing import Pacer
 
 __all__ = ["Closable", "Session"]
@@ -43,6 +44,10 @@ class Session:
     @property
     def clock(self) -> Clock:
         return self.options.clock
+
+    def deadline(self, expires_in: object) -> float:
+        """The ``expires_at`` of a message sent now with *expires_in* (checked)."""
+        return self.options.clock.time() + check_seconds(expires_in, "expires_in", allow_zero=False)
 
     @property
     def backend(self) -> Backend:

@@ -89,6 +89,8 @@ class Entry:
     published_at: float
     delivery_count: int
     generation: int
+    #: When the message stops being worth delivering (UNIX seconds, the sender's broker clock).
+    expires_at: float | None = None
 
 
 class _Settles(Protocol):
@@ -161,6 +163,14 @@ class Message:
         """When the message was sent, in UNIX seconds (the broker's clock)."""
         return self._entry.published_at
 
+    @property
+    def expires_at(self) -> float | None:
+        """The deadline the message was sent with (``published_at + expires_in``), or ``None``.
+
+        .. versionadded:: 0.2.0
+        """
+        return self._entry.expires_at
+
     async def ack(self) -> None:
         """Mark the message processed: it is never delivered to this group again."""
         await self._consumer._ack(self)
@@ -194,6 +204,8 @@ class LiteMessage:
 
     ``gap_before`` is the number of messages trimmed by ``max_len`` before this subscriber could
     read them (G9); it is 0 unless something was lost, and then a warning is logged too.
+    ``expires_at`` is the deadline it was published with (``published_at + expires_in``), or
+    ``None`` (new in 0.2.0).
 
     .. versionadded:: 0.1.0
     """
@@ -205,6 +217,7 @@ class LiteMessage:
     headers: dict[str, str]
     published_at: float
     gap_before: int
+    expires_at: float | None
     _sub: _Acks = attrs.field(repr=False, alias="sub")
 
     async def ack(self) -> None:
@@ -237,7 +250,9 @@ class GroupLag:
     """One consumer group's position in one partition.
 
     ``committed`` is the highest offset below which everything is settled; ``lag`` is
-    ``last_offset - committed``; ``pending`` counts messages delivered and not yet settled.
+    ``last_offset - committed``; ``pending`` counts messages delivered and not yet settled;
+    ``expired`` counts the messages the group settled unread because their ``expires_in`` had
+    passed (new in 0.2.0).
 
     .. versionadded:: 0.1.0
     """
@@ -247,6 +262,7 @@ class GroupLag:
     lag: int
     pending: int
     owner: str | None
+    expired: int = 0
 
 
 @final
@@ -284,6 +300,14 @@ class OrderedTopicStats:
         """Messages of *group* not yet settled, over all partitions."""
         return sum(p.groups[group].lag for p in self.partitions if group in p.groups)
 
+    def expired(self, group: str) -> int:
+        """Messages *group* settled unread because their deadline had passed, over all
+        partitions.
+
+        .. versionadded:: 0.2.0
+        """
+        return sum(p.groups[group].expired for p in self.partitions if group in p.groups)
+
 
 @final
 @attrs.frozen
@@ -310,7 +334,9 @@ class LiteTopicsStats:
 
     ``topics`` counts live lite topics, ``subscriptions`` the (lite topic, group) pairs that have
     an owner, ``backlog`` the un-acked messages over every (lite topic, group) pair, and ``top``
-    the most congested pairs, largest backlog first.
+    the most congested pairs, largest backlog first. ``expired`` counts, per group, the
+    messages settled unread because their ``expires_in`` had passed, since the parent was
+    first used (it outlives the lite topics; new in 0.2.0).
 
     .. versionadded:: 0.1.0
     """
@@ -319,3 +345,4 @@ class LiteTopicsStats:
     subscriptions: int
     backlog: int
     top: list[LiteTopicLag]
+    expired: dict[str, int] = attrs.field(factory=dict)

@@ -369,7 +369,7 @@ async def test_what_waits_for_the_next_batch_fails_when_the_connection_closes(
             parent = backend._parents["replies"]  # type: ignore[attr-defined]
             audio = backend._ordered["audio"]  # type: ignore[attr-defined]
             published = parent.publish("s", b"body")
-            sent = audio.send(0, "k", b"body", {}, None, 0.0)
+            sent = audio.send(0, "k", b"body", {}, None, 0.0, None)
             await backend.client.aclose()  # before the writer took them
             for future in (published, sent):
                 assert isinstance(future.exception(), litechan.BrokerUnavailable), future

@@ -48,14 +48,15 @@ __all__ = [
 #: retained message, after the last message, or at an explicit offset.
 Start = Literal["committed", "earliest", "latest"] | int
 
-#: One stored lite-topic message: ``(offset, payload, headers, published_at)``, headers ``None``
-#: when empty. A tuple of immutable values because the memory backend keeps millions of them:
-#: the garbage collector stops tracking such tuples, so retained messages cost it nothing.
-LiteRecord = tuple[int, bytes, dict[str, str] | None, float]
+#: One stored lite-topic message: ``(offset, payload, headers, published_at, expires_at)``,
+#: headers ``None`` when empty, ``expires_at`` ``None`` without a deadline. A tuple of immutable
+#: values because the memory backend keeps millions of them: the garbage collector stops
+#: tracking such tuples, so retained messages cost it nothing.
+LiteRecord = tuple[int, bytes, dict[str, str] | None, float, float | None]
 
 #: A lite-topic message as a backend pushes it to a subscriber (its offset given apart):
-#: ``(payload, headers, published_at)``.
-LiteBody = tuple[bytes, dict[str, str] | None, float]
+#: ``(payload, headers, published_at, expires_at)``.
+LiteBody = tuple[bytes, dict[str, str] | None, float, float | None]
 
 
 @attrs.frozen
@@ -252,6 +253,10 @@ class GroupMember(Protocol):
     async def reject(self, entry: Entry, reason: str) -> None:
         """Move *entry* to the group's dead letters and settle it."""
 
+    async def expire(self, entry: Entry) -> None:
+        """Settle *entry* unread, its deadline passed, and count it in the group's ``expired``;
+        a no-op when its generation is stale."""
+
     async def release(self, partition: int, undelivered: Sequence[Entry]) -> None:
         """Give up *partition*; *undelivered* were fetched but never reached the application."""
 
@@ -289,6 +294,12 @@ class LiteMember(Protocol):
         Returns what to await before the ack counts as done, or None when queueing it was all
         (a coroutine function does too: its coroutine is awaited)."""
 
+    def expire(
+        self, lite_topic: str, epoch: str, offset: int, generation: int
+    ) -> Awaitable[None] | None:
+        """Settle one record unread, its deadline passed, and count it in the group's
+        ``expired``; fenced and awaited as :meth:`ack`."""
+
     async def aclose(self) -> None:
         """Give up every lite topic this member owns."""
 
@@ -323,8 +334,10 @@ class Backend(Protocol):
         payload: bytes,
         headers: dict[str, str],
         dedupe_id: str | None,
+        expires_at: float | None,
     ) -> Receipt:
-        """Append one message to *partition* (or return the receipt of its duplicate)."""
+        """Append one message to *partition* (or return the receipt of its duplicate); keep
+        *expires_at* with it, to be handed back in its :class:`Entry`."""
         ...
 
     async def join_group(
@@ -347,11 +360,17 @@ class Backend(Protocol):
         ...
 
     def publish(
-        self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
+        self,
+        spec: LiteSpec,
+        lite_topic: str,
+        payload: bytes,
+        headers: dict[str, str],
+        expires_at: float | None,
     ) -> Awaitable[int]:
         """Append to *lite_topic*, creating it if needed (G5); refresh its TTL; the awaitable
-        gives its offset. A coroutine function does; so does a plain function returning a
-        future (one coroutine less per message, on a hot path)."""
+        gives its offset. *expires_at* is kept with the record. A coroutine function does; so
+        does a plain function returning a future (one coroutine less per message, on a hot
+        path)."""
         ...
 
     async def attach(

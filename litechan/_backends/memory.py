@@ -64,9 +64,10 @@ __all__ = ["MemoryBackend"]
 
 T = TypeVar("T")
 
-#: One stored ordered-topic message: ``(key, payload, headers, published_at)``, headers ``None``
-#: when empty so that the garbage collector can stop tracking the tuple (see ``LiteRecord``).
-_OrderedRecord = tuple[str, bytes, dict[str, str] | None, float]
+#: One stored ordered-topic message: ``(key, payload, headers, published_at, expires_at)``,
+#: headers ``None`` when empty so that the garbage collector can stop tracking the tuple (see
+#: ``LiteRecord``).
+_OrderedRecord = tuple[str, bytes, dict[str, str] | None, float, float | None]
 
 
 class _Log(Generic[T]):
@@ -123,10 +124,11 @@ class _GroupPartition:
     committed offset is ``min(pending) - 1`` (or ``cursor - 1``) and never needs its own field.
     """
 
-    __slots__ = ("cursor", "generation", "owner", "pending", "redeliver", "revoking")
+    __slots__ = ("cursor", "expired", "generation", "owner", "pending", "redeliver", "revoking")
 
     def __init__(self, cursor: int) -> None:
         self.cursor = cursor
+        self.expired = 0  # settled unread, past their deadline
         self.pending: dict[int, int] = {}  # offset -> deliveries so far
         self.redeliver: deque[int] = deque()  # pending offsets to hand the new owner first
         self.owner: _GroupMember | None = None
@@ -271,9 +273,17 @@ class _GroupMember:
                 self._warn_trimmed(p, offset, offset + 1)
                 continue
             count = gp.pending[offset] + 1
-            key, payload, headers, published_at = log.get(offset)
+            key, payload, headers, published_at, expires_at = log.get(offset)
             entry = Entry(
-                p, offset, key, payload, dict(headers or {}), published_at, count, gp.generation
+                p,
+                offset,
+                key,
+                payload,
+                dict(headers or {}),
+                published_at,
+                count,
+                gp.generation,
+                expires_at,
             )
             if count > self.max_deliveries:
                 self._dead_letter(gp, entry, f"delivered {count - 1} times without ack")
@@ -287,12 +297,22 @@ class _GroupMember:
         if gp.cursor >= end:
             return
         generation = gp.generation
-        for offset, (key, payload, headers, published_at) in enumerate(
+        for offset, (key, payload, headers, published_at, expires_at) in enumerate(
             log.slice(gp.cursor, end - gp.cursor), start=gp.cursor
         ):
             gp.pending[offset] = 1
             batch.append(
-                Entry(p, offset, key, payload, dict(headers or {}), published_at, 1, generation)
+                Entry(
+                    p,
+                    offset,
+                    key,
+                    payload,
+                    dict(headers or {}),
+                    published_at,
+                    1,
+                    generation,
+                    expires_at,
+                )
             )
         gp.cursor = end
 
@@ -316,6 +336,11 @@ class _GroupMember:
         gp = self._owns(entry)
         if gp is not None:
             gp.pending.pop(entry.offset, None)
+
+    async def expire(self, entry: Entry) -> None:
+        gp = self._owns(entry)
+        if gp is not None and gp.pending.pop(entry.offset, None) is not None:
+            gp.expired += 1
 
     async def nack(self, entry: Entry) -> None:
         gp = self._owns(entry)
@@ -420,10 +445,11 @@ class _Owner:
 
 
 class _Parent:
-    __slots__ = ("generations", "owners", "spec", "topics")
+    __slots__ = ("expired", "generations", "owners", "spec", "topics")
 
     def __init__(self, spec: LiteSpec) -> None:
         self.spec = spec
+        self.expired: dict[str, int] = {}  # group -> records settled unread, past deadline
         # Least recently published first: the next topic to expire is always the first one.
         self.topics: OrderedDict[str, _LiteTopic] = OrderedDict()
         # lite topic -> group -> owner; a subscription may exist before its topic does.
@@ -552,22 +578,33 @@ class _LiteMember:
         return LiteBatch(topic.epoch, records, next_offset, next_offset < log.next, gap)
 
     def ack(self, lite_topic: str, epoch: str, offset: int, generation: int) -> None:
+        self._settle(lite_topic, epoch, offset, generation)
+
+    def expire(self, lite_topic: str, epoch: str, offset: int, generation: int) -> None:
+        if self._settle(lite_topic, epoch, offset, generation):
+            expired = self.parent.expired
+            expired[self.group] = expired.get(self.group, 0) + 1
+
+    def _settle(self, lite_topic: str, epoch: str, offset: int, generation: int) -> bool:
+        """Settle *offset* for the group; False when fenced or settled already."""
         if self.owned.get(lite_topic) != generation:
-            return  # fenced: revoked, expired or unsubscribed since delivery
+            return False  # fenced: revoked, expired or unsubscribed since delivery
         topic = self.parent.topics.get(lite_topic)
         if topic is None or topic.epoch != epoch:
-            return
+            return False
         cursor = topic.groups.get(self.group)
         if cursor is None:
             cursor = topic.groups[self.group] = _GroupCursor()
         elif cursor.committed == offset - 1 and not cursor.acked and offset >= topic.log.first:
             cursor.committed = offset  # the common case: acks in order, nothing trimmed between
-            return
+            return True
         committed = topic.base(cursor)  # may jump forward over trimmed offsets
         acked = cursor.acked
+        if offset <= committed or offset in acked:
+            return False
         if offset == committed + 1:
             committed += 1
-        elif offset > committed:
+        else:
             acked.add(offset)
         while acked and committed + 1 in acked:
             committed += 1
@@ -575,6 +612,7 @@ class _LiteMember:
         if acked and min(acked) <= committed:
             cursor.acked = {o for o in acked if o > committed}
         cursor.committed = committed
+        return True
 
     async def aclose(self) -> None:
         for lite_topic in list(self.owned):
@@ -706,6 +744,7 @@ class MemoryBackend:
         payload: bytes,
         headers: dict[str, str],
         dedupe_id: str | None,
+        expires_at: float | None,
     ) -> Receipt:
         topic = self.world.ordered[spec.name]
         now = self.world.clock.time()
@@ -721,7 +760,7 @@ class MemoryBackend:
                 return Receipt(known[0].partition, known[0].offset, duplicate=True)
         log = topic.logs[partition]
         offset = log.next
-        log.append((key, payload, headers or None, now))
+        log.append((key, payload, headers or None, now, expires_at))
         log.trim(spec.max_len)
         receipt = Receipt(partition, offset)
         if dedupe_id is not None:
@@ -770,6 +809,7 @@ class MemoryBackend:
                     lag=last - committed,
                     pending=len(gp.pending),
                     owner=gp.owner.name if gp.owner is not None else None,
+                    expired=gp.expired,
                 )
             partitions.append(PartitionStats(p, len(log), log.first, last, groups))
         return OrderedTopicStats(spec.name, tuple(partitions))
@@ -777,7 +817,12 @@ class MemoryBackend:
     # -- lite topics ----------------------------------------------------------------------------
 
     async def publish(
-        self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
+        self,
+        spec: LiteSpec,
+        lite_topic: str,
+        payload: bytes,
+        headers: dict[str, str],
+        expires_at: float | None,
     ) -> int:
         world = self.world
         parent = world.parents[spec.parent]
@@ -799,7 +844,7 @@ class MemoryBackend:
         items = log.items
         offset = log.first + len(items) - log.start
         stored = headers or None
-        items.append((offset, payload, stored, now))
+        items.append((offset, payload, stored, now, expires_at))
         if offset - log.first >= spec.max_len:
             log.trim(spec.max_len)
         owners = parent.owners.get(lite_topic)
@@ -809,7 +854,11 @@ class MemoryBackend:
                 # fetched from the log.
                 listener = owner.member.listener
                 if not listener.on_records(
-                    lite_topic, owner.generation, topic.epoch, offset, ((payload, stored, now),)
+                    lite_topic,
+                    owner.generation,
+                    topic.epoch,
+                    offset,
+                    ((payload, stored, now, expires_at),),
                 ):
                     listener.on_data(lite_topic)
         return offset
@@ -852,7 +901,9 @@ class MemoryBackend:
                 )
         subscriptions = sum(len(groups) for groups in parent.owners.values())
         ranked = heapq.nlargest(top, lags, key=lambda lag: lag.backlog) if top > 0 else []
-        return LiteTopicsStats(len(parent.topics), subscriptions, backlog, ranked)
+        return LiteTopicsStats(
+            len(parent.topics), subscriptions, backlog, ranked, dict(parent.expired)
+        )
 
 
 def _mismatch(what: str, name: str, known: Any, asked: Any) -> str:

@@ -32,6 +32,7 @@ from ._checks import check_key_order as check_key_order
 from ._checks import check_key_order_across_nack as check_key_order_across_nack
 from ._checks import check_key_order_across_rebalance as check_key_order_across_rebalance
 from ._checks import check_lazy_creation as check_lazy_creation
+from ._checks import check_lite_deadline as check_lite_deadline
 from ._checks import check_lite_isolation as check_lite_isolation
 from ._checks import check_lite_message_fields as check_lite_message_fields
 from ._checks import check_lite_single_owner_and_fencing as check_lite_single_owner_and_fencing
@@ -44,6 +45,7 @@ from ._checks import check_next_message_waits_for_ack as check_next_message_wait
 from ._checks import check_no_head_of_line_blocking as check_no_head_of_line_blocking
 from ._checks import check_no_head_of_line_blocking_deep as check_no_head_of_line_blocking_deep
 from ._checks import check_no_redelivery_after_ack as check_no_redelivery_after_ack
+from ._checks import check_ordered_deadline as check_ordered_deadline
 from ._checks import check_ordered_fencing as check_ordered_fencing
 from ._checks import check_ordered_isolation as check_ordered_isolation
 from ._checks import check_ordered_message_fields as check_ordered_message_fields
@@ -124,6 +126,8 @@ __all__ = [
     "check_ordered_isolation",
     # ---- G11 idempotent send ----
     "check_dedupe",
+    "check_lite_deadline",
+    "check_ordered_deadline",
     # ---- G12 clear errors ----
     "check_body_errors_come_out_plain",
     "check_closed_resources",

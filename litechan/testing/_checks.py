@@ -57,6 +57,8 @@ __all__ = [
     "check_closed_resources",
     "check_config_mismatch",
     "check_dedupe",
+    "check_lite_deadline",
+    "check_ordered_deadline",
     "check_invalid_names",
     "check_key_order",
     "check_key_order_across_nack",
@@ -108,6 +110,8 @@ _STEP_TIMEOUT = 10.0
 _TTL = 2.0
 _NACK_DELAY = 0.5
 _DEDUPE_WINDOW = 1.0
+_DEADLINE = 1.0  # an expires_in that runs out during a check
+_FAR = 3600.0  # an expires_in that does not
 # Slack allowed between the test's clock and a backend's published_at when time is real.
 _REAL_CLOCK_SLACK = 30.0
 
@@ -1737,6 +1741,112 @@ async def check_dedupe(backend: BackendFactory) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# deadlines (expires_in)
+# ---------------------------------------------------------------------------------------------
+
+
+def _expires_at_ok(h: Harness, expires_at: float | None, published_at: float) -> bool:
+    slack = 0.0 if h.clock is not None else 1.0
+    return expires_at is not None and abs(expires_at - (published_at + _FAR)) <= slack
+
+
+async def check_ordered_deadline(backend: BackendFactory) -> None:
+    """Deadlines: a message sent with ``expires_in`` and not handed out in time is never
+    delivered, is counted in the group's ``expired`` and does not hold its key back; one handed
+    out in time carries its ``expires_at``.
+
+    .. versionadded:: 0.2.0
+    """
+    with _bounded():
+        async with backend() as h, h.connect() as broker:
+            topic = broker.ordered_topic(_TOPIC, partitions=1)
+            await topic.send("k", b"k#1")
+            await topic.send("k", b"k#2", expires_in=_DEADLINE)
+            await topic.send("k", b"k#3")
+            await topic.send("other", b"other#1", expires_in=_FAR)
+            async with (
+                topic.consumer(group=_GROUP, name="w1") as consumer,
+                _reading(consumer, "w1") as inbox,
+            ):
+                got = {m.key: m for m in await inbox.take(2, "the head of each key")}
+                k1, other = got["k"], got["other"]
+                _equal(k1.expires_at, None, "expires_at of a message sent without expires_in")
+                _true(
+                    _expires_at_ok(h, other.expires_at, other.published_at),
+                    f"expires_at {other.expires_at} is not published_at {other.published_at}"
+                    f" + expires_in {_FAR}",
+                )
+                await other.ack()
+                await h.advance(_DEADLINE * 1.5)  # k#2 expires while k#1 is out
+                await k1.ack()
+                k3 = await inbox.get("k#3, k#2 having expired behind k#1")
+                _equal((k3.payload, k3.offset), (b"k#3", 3), "the message after the expired one")
+                await k3.ack()
+                await h.settle()
+                inbox.assert_empty("k#2 was not handed out before its deadline: never")
+            stats = await topic.stats()
+            _equal(stats.expired(_GROUP), 1, "messages the group settled as expired")
+            _equal(stats.lag(_GROUP), 0, "the group's lag, the expired message settled")
+
+
+async def check_lite_deadline(backend: BackendFactory) -> None:
+    """Deadlines: a lite-topic message published with ``expires_in`` that a group has not
+    handed out in time is never delivered to it (channel and merged view), is counted in that
+    group's ``expired`` and leaves no backlog; one delivered in time carries its ``expires_at``.
+
+    .. versionadded:: 0.2.0
+    """
+    topic = "s1"
+    with _bounded():
+        async with backend() as h, h.connect() as broker:
+            replies = broker.lite_topics(_PARENT, ttl=_DEADLINE * 30)
+            await replies.publish(topic, b"m1")
+            await replies.publish(topic, b"m2", expires_in=_DEADLINE)
+            await replies.publish(topic, b"m3", expires_in=_FAR)
+            await h.advance(_DEADLINE * 1.5)
+            await replies.publish(topic, b"m4")
+            async with (
+                replies.subscriber(group=_LITE_GROUP, name="gw-1") as sub,
+                replies.subscriber(group="audit", name="audit-1") as merged,
+            ):
+                channel = await sub.subscribe(topic)
+                await merged.subscribe(topic)
+                async with _reading(channel, "gw-1") as inbox:
+                    inbox.watch(merged, "audit-1")
+                    got: dict[str, list[litechan.LiteMessage]] = {"gw-1": [], "audit-1": []}
+                    for _ in range(6):
+                        item = await inbox.get_from("the messages still worth delivering")
+                        got[item.by].append(item.msg)
+                        await item.msg.ack()
+                    for by, messages in got.items():
+                        _equal(
+                            [(m.offset, m.payload) for m in messages],
+                            [(1, b"m1"), (3, b"m3"), (4, b"m4")],
+                            f"messages {by} delivered (m2 expired before it was read)",
+                        )
+                        _equal(messages[0].expires_at, None, "expires_at without expires_in")
+                        m3 = messages[1]
+                        _true(
+                            _expires_at_ok(h, m3.expires_at, m3.published_at),
+                            f"expires_at {m3.expires_at} is not published_at {m3.published_at}"
+                            f" + expires_in {_FAR}",
+                        )
+                    await replies.publish(topic, b"m5", expires_in=_FAR)  # as it is published
+                    for _ in range(2):
+                        m5 = await inbox.get("m5, published with expires_in while read")
+                        _true(
+                            _expires_at_ok(h, m5.expires_at, m5.published_at),
+                            f"expires_at {m5.expires_at} of m5",
+                        )
+                        await m5.ack()
+                    await h.settle()
+                    inbox.assert_empty("m2 was not handed out before its deadline: never")
+            stats = await replies.stats()
+            _equal(stats.expired, {_LITE_GROUP: 1, "audit": 1}, "expired per group")
+            _equal(stats.backlog, 0, "backlog, the expired message settled")
+
+
+# ---------------------------------------------------------------------------------------------
 # G12 clear errors
 # ---------------------------------------------------------------------------------------------
 
@@ -1815,7 +1925,8 @@ async def check_invalid_names(backend: BackendFactory) -> None:
 
 async def check_payload_errors(backend: BackendFactory) -> None:
     """G12: oversized payloads raise PayloadTooLarge with nothing written (1 MiB by default);
-    non-bytes payloads and non-``dict[str, str]`` headers raise InvalidPayload (a TypeError).
+    non-bytes payloads and non-``dict[str, str]`` headers raise InvalidPayload (a TypeError);
+    an ``expires_in`` that is not a finite number of seconds > 0 raises InvalidArgument.
 
     .. versionadded:: 0.1.0
     """
@@ -1846,6 +1957,12 @@ async def check_payload_errors(backend: BackendFactory) -> None:
                     await topic.send("k", b"x", headers=headers)  # type: ignore[arg-type]
                 with _raises(litechan.InvalidPayload, f"publish() with headers {headers!r}"):
                     await replies.publish("s1", b"x", headers=headers)  # type: ignore[arg-type]
+            bad_deadlines: tuple[object, ...] = (0, -1.0, math.nan, math.inf, "5", True)
+            for expires_in in bad_deadlines:
+                with _raises(litechan.InvalidArgument, f"send() with expires_in={expires_in!r}"):
+                    await topic.send("k", b"x", expires_in=expires_in)  # type: ignore[arg-type]
+                with _raises(litechan.InvalidArgument, f"publish() with expires_in={expires_in!r}"):
+                    await replies.publish("s1", b"x", expires_in=expires_in)  # type: ignore[arg-type]
             _equal((await topic.stats()).length, 1, "messages after refused sends")
             _equal(await replies.publish("s1", b"ok"), 2, "next offset after refused publishes")
         async with h.connect() as broker:
@@ -2314,6 +2431,9 @@ CHECKS: tuple[Check, ...] = (
     check_ordered_isolation,
     # G11 idempotent send
     check_dedupe,
+    # deadlines
+    check_ordered_deadline,
+    check_lite_deadline,
     # G12 clear errors
     check_invalid_names,
     check_payload_errors,

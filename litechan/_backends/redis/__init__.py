@@ -280,13 +280,14 @@ class RedisBackend:
         payload: bytes,
         headers: dict[str, str],
         dedupe_id: str | None,
+        expires_at: float | None,
     ) -> Receipt:
         topic = await self._ordered_topic(spec)
         client = self.client
         if client.full:
             await client.wait_for_room(time.monotonic() + client.options.pending_wait)
         now = self._backend_options.clock.time()
-        return await topic.send(partition, key, payload, headers, dedupe_id, now)
+        return await topic.send(partition, key, payload, headers, dedupe_id, now, expires_at)
 
     async def join_group(
         self,
@@ -329,23 +330,34 @@ class RedisBackend:
     # -- lite topics -------------------------------------------------------------------------------
 
     def publish(
-        self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
+        self,
+        spec: LiteSpec,
+        lite_topic: str,
+        payload: bytes,
+        headers: dict[str, str],
+        expires_at: float | None,
     ) -> Awaitable[int]:
         # Not a coroutine: once the parent is checked, the future of the queued message is all
         # there is to await (the client translates Redis errors).
         parent = self._parents[spec.parent]
         if not parent.checked or self.client.full:
-            return self._publish_checked(spec, lite_topic, payload, headers)
-        return parent.publish(lite_topic, encode_lite(payload, headers, self._clock()))
+            return self._publish_checked(spec, lite_topic, payload, headers, expires_at)
+        return parent.publish(lite_topic, encode_lite(payload, headers, self._clock(), expires_at))
 
     async def _publish_checked(
-        self, spec: LiteSpec, lite_topic: str, payload: bytes, headers: dict[str, str]
+        self,
+        spec: LiteSpec,
+        lite_topic: str,
+        payload: bytes,
+        headers: dict[str, str],
+        expires_at: float | None,
     ) -> int:
         parent = await self._parent(spec)
         client = self.client
         if client.full:  # backpressure: wait for room, or shed the publish (Overloaded)
             await client.wait_for_room(time.monotonic() + client.options.pending_wait)
-        return await parent.publish(lite_topic, encode_lite(payload, headers, self._clock()))
+        body = encode_lite(payload, headers, self._clock(), expires_at)
+        return await parent.publish(lite_topic, body)
 
     async def attach(
         self, spec: LiteSpec, group: str, name: str, listener: LiteListener

@@ -179,12 +179,13 @@ class AckBatch:
     and nothing is allocated for it.
     """
 
-    __slots__ = ("_ended", "_outcome", "_waiter", "generation", "offsets", "tag")
+    __slots__ = ("_ended", "_outcome", "_waiter", "expired", "generation", "offsets", "tag")
 
     def __init__(self, generation: int, tag: str = "") -> None:
         self.generation = generation
         self.tag = tag  # the epoch of a lite topic
         self.offsets: list[int] = []
+        self.expired: list[int] = []  # settled unread, their deadline passed (counted apart)
         self._ended = False
         self._outcome: Any = None
         self._waiter: asyncio.Future[None] | None = None

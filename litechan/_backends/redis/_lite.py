@@ -42,7 +42,16 @@ import msgspec
 from ..._errors import LitechanError
 from ..._log import logger
 from ..._types import EndReason, LiteTopicLag, LiteTopicsStats
-from ..base import Fence, LiteBatch, LiteListener, LiteRecord, LiteSpec, Start, Subscription
+from ..base import (
+    Fence,
+    LiteBatch,
+    LiteBody,
+    LiteListener,
+    LiteRecord,
+    LiteSpec,
+    Start,
+    Subscription,
+)
 from ._client import AckBatch, Arg, Client
 from ._scripts import (
     LITE_COMMIT,
@@ -75,8 +84,18 @@ PUBLISH_BATCH: Final = 512
 ROUTES_CACHED: Final = 65_536
 
 _encode = msgspec.msgpack.Encoder().encode
-#: A stored message, as the client encodes it: ``[payload, headers, published_at]``.
-_Body = tuple[bytes, dict[str, str] | None, float]
+
+
+class _Body(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """A stored message, as the client encodes it: ``[payload, headers, published_at]``, and
+    ``expires_at`` after them when it has a deadline (bodies without one stay as they were)."""
+
+    payload: bytes
+    headers: dict[str, str] | None
+    published_at: float
+    expires_at: float | None = None
+
+
 decode_body: Final = msgspec.msgpack.Decoder(_Body).decode
 
 
@@ -103,10 +122,14 @@ class NoteRevoked(msgspec.Struct, array_like=True, tag="R", frozen=True):
 decode_note: Final = msgspec.msgpack.Decoder(list[NoteData | NoteRevoked]).decode
 
 
-def encode_lite(payload: bytes, headers: dict[str, str], published_at: float) -> bytes:
-    """A message as it is stored: the msgpack encoding of ``(payload, headers, published_at)``
-    (its offset is its place in the list)."""
-    return _encode((payload, headers or None, published_at))
+def encode_lite(
+    payload: bytes, headers: dict[str, str], published_at: float, expires_at: float | None
+) -> bytes:
+    """A message as it is stored: the msgpack encoding of ``(payload, headers, published_at)``,
+    with ``expires_at`` after them when it has one (its offset is its place in the list)."""
+    if expires_at is None:
+        return _encode((payload, headers or None, published_at))
+    return _encode((payload, headers or None, published_at, expires_at))
 
 
 def partition_of(lite_topic: str, partitions: int) -> int:
@@ -142,6 +165,10 @@ class RedisLiteTopics:
         self._flush_hook = self._flush  # one bound method: the client finds it again
         #: Epoch seeds: unpredictable enough to tell incarnations apart, without a syscall each.
         self._random = random.Random(secrets.randbits(64))
+
+    def expired_key(self, partition: int) -> str:
+        """The hash of *partition*'s records settled unread (deadline passed), per group."""
+        return f"{self.tags[partition]}:expired"
 
     def route(self, lite_topic: str) -> _Route:
         """Where *lite_topic* lives (cached: sessions publish again and again)."""
@@ -295,8 +322,17 @@ class RedisLiteTopics:
                 if behind:
                     oldest_queries.append((len(lags), _list_key(meta), oldest - first))
                 lags.append(LiteTopicLag(name, group, behind, owners.get(group), None))
+        expired: dict[str, int] = {}
+        counters = await client.many(
+            ("HGETALL", self.expired_key(p)) for p in range(len(self.tags))
+        )
+        for counter in counters:
+            if isinstance(counter, BaseException):
+                raise counter
+            for group, count in zip(counter[::2], counter[1::2], strict=True):
+                expired[group.decode()] = expired.get(group.decode(), 0) + int(count)
         if top <= 0:
-            return LiteTopicsStats(topics, subscriptions, backlog, [])
+            return LiteTopicsStats(topics, subscriptions, backlog, [], expired)
         ranked = sorted(range(len(lags)), key=lambda i: -lags[i].backlog)[:top]
         wanted = set(ranked)
         queries = [q for q in oldest_queries if q[0] in wanted]
@@ -304,14 +340,14 @@ class RedisLiteTopics:
         for (index, _, _), element in zip(queries, found, strict=True):
             if isinstance(element, bytes):
                 try:
-                    published_at = decode_body(element)[2]
+                    published_at = decode_body(element).published_at
                 except msgspec.DecodeError:
                     continue
                 lag = lags[index]
                 lags[index] = LiteTopicLag(
                     lag.lite_topic, lag.group, lag.backlog, lag.owner, now - published_at
                 )
-        return LiteTopicsStats(topics, subscriptions, backlog, [lags[i] for i in ranked])
+        return LiteTopicsStats(topics, subscriptions, backlog, [lags[i] for i in ranked], expired)
 
 
 def _list_key(meta: bytes) -> bytes:
@@ -555,7 +591,7 @@ class RedisLiteMember:
             self._topic_of.pop(own.generation, None)
         return own
 
-    def on_records(self, generation: int, epoch: str, first: int, bodies: list[Any]) -> None:
+    def on_records(self, generation: int, epoch: str, first: int, stored: list[_Body]) -> None:
         """A note brought the messages *first*, *first* + 1, ... of the topic *generation*
         owns."""
         lite_topic = self._topic_of.get(generation)
@@ -568,9 +604,12 @@ class RedisLiteMember:
             return  # a note of an incarnation we no longer own (cannot happen; be safe)
         own.epoch = epoch
         own.seen = self._now()
-        last = first + len(bodies) - 1
+        last = first + len(stored) - 1
         if last <= own.hi:
             return  # known already (read remotely meanwhile)
+        bodies: list[LiteBody] = [
+            (body.payload, body.headers, body.published_at, body.expires_at) for body in stored
+        ]
         cache = own.cache
         if first == own.hi + 1 and not cache:
             # The subscriber takes them at once when it reads right here: nothing to keep.
@@ -582,9 +621,9 @@ class RedisLiteMember:
         if cache is None:
             cache = own.cache = deque()
         offset = first
-        for payload, headers, published_at in bodies:
+        for payload, headers, published_at, expires_at in bodies:
             if offset > own.hi:
-                cache.append((offset, payload, headers, published_at))
+                cache.append((offset, payload, headers, published_at, expires_at))
             offset += 1
         while len(cache) > self._topics.cache_max:
             cache.popleft()
@@ -668,11 +707,11 @@ class RedisLiteMember:
 
     def _decode(self, lite_topic: str, offset: int, element: bytes) -> LiteRecord | None:
         try:
-            payload, headers, published_at = decode_body(element)
+            body = decode_body(element)
         except msgspec.DecodeError as exc:
             problem = str(exc)
         else:
-            return (offset, payload, headers, published_at)
+            return (offset, body.payload, body.headers, body.published_at, body.expires_at)
         logger.warning(
             "litechan.lite.corrupt_entry",
             parent=self._topics.spec.parent,
@@ -694,6 +733,18 @@ class RedisLiteMember:
             return None  # fenced locally; the commit key fences against other processes
         batch = self._ack_owned(lite_topic, own, offset)
         return batch.wait() if self._sync_acks and batch is not None else None
+
+    def expire(
+        self, lite_topic: str, epoch: str, offset: int, generation: int
+    ) -> Awaitable[None] | None:
+        own = self._owned.get(lite_topic)
+        if own is None or own.generation != generation or (own.epoch and epoch != own.epoch):
+            return None
+        batch = self._ack_owned(lite_topic, own, offset)
+        if batch is None:
+            return None
+        batch.expired.append(offset)  # counted with the commit, if it is still the owner's
+        return batch.wait() if self._sync_acks else None
 
     def _ack_owned(self, lite_topic: str, own: _Own, offset: int) -> AckBatch | None:
         """Settle *offset* here and queue the new commit for the next batch (None: it was
@@ -730,6 +781,7 @@ class RedisLiteMember:
         keys: list[Arg] = []
         values: list[Arg] = []
         sent: list[AckBatch] = []
+        partition = -1
         for lite_topic, batch in batches:
             own = self._owned.get(lite_topic)
             if own is None or own.generation != batch.generation:
@@ -738,8 +790,14 @@ class RedisLiteMember:
             keys.append(own.commit_key)
             values.append(own.commit_value())
             sent.append(batch)
+            if batch.expired:
+                partition = self._topics.route(lite_topic)[0]
         if not sent:
             return
+        if partition >= 0:  # count the expired records with the commits (one slot)
+            keys.append(self._topics.expired_key(partition))
+            values.append(self._group)
+            values.extend(len(batch.expired) for batch in sent)
 
         def done(outcome: Any) -> None:
             for batch in sent:

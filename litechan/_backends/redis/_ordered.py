@@ -60,7 +60,18 @@ MAX_DEAD_LETTERS: Final = 10_000
 #: and the server's may drift, and the renewal ran some time after it was sent).
 LEASE_MARGIN: Final = 0.2
 
-OrderedBody = tuple[str, bytes, dict[str, str] | None, float]
+
+class OrderedBody(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """A stored message: ``[key, payload, headers, published_at]``, and ``expires_at`` after
+    them when it was sent with a deadline (bodies without one stay as they were)."""
+
+    key: str
+    payload: bytes
+    headers: dict[str, str] | None
+    published_at: float
+    expires_at: float | None = None
+
+
 DeadBody = tuple[str, bytes, dict[str, str], int, int, int, str]
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(OrderedBody).decode
@@ -111,6 +122,7 @@ class RedisOrderedTopic:
         headers: dict[str, str],
         dedupe_id: str | None,
         now: float,
+        expires_at: float | None,
     ) -> asyncio.Future[Receipt]:
         """Queue a message for the next batch; the future gets its receipt. The sends of one
         partition made between two batches travel in one ``ORDERED_SEND`` call."""
@@ -118,7 +130,11 @@ class RedisOrderedTopic:
         window = 0 if dedupe_id is None else round(self.spec.dedupe_window * 1000)
         dedupe_key = f"{self.tag(partition)}:d:{dedupe_id}" if window else ""
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        body = _encode((key, payload, headers or None, now))
+        body = _encode(
+            (key, payload, headers or None, now)
+            if expires_at is None
+            else (key, payload, headers or None, now, expires_at)
+        )
         self.client.pending += 1  # until the call carrying it is answered (backpressure)
         queued = self._pending.get(partition)
         if queued is None:
@@ -216,7 +232,7 @@ class RedisOrderedTopic:
             for p in partitions
             for g in ordered_groups
             for cmd in (
-                ("HMGET", self.part_keys(p, g)[2], "own", "cur"),
+                ("HMGET", self.part_keys(p, g)[2], "own", "cur", "expired"),
                 ("HKEYS", self.part_keys(p, g)[3]),
             )
         )
@@ -229,7 +245,10 @@ class RedisOrderedTopic:
             first = last - int(length) + 1
             lags = {}
             for i, g in enumerate(ordered_groups):
-                (own, cur), pending = details[p * per + 2 * i], details[p * per + 2 * i + 1]
+                (own, cur, expired), pending = (
+                    details[p * per + 2 * i],
+                    details[p * per + 2 * i + 1],
+                )
                 if cur is None:
                     continue
                 offsets = [int(o) for o in pending]
@@ -242,6 +261,7 @@ class RedisOrderedTopic:
                     lag=last - committed,
                     pending=len(offsets),
                     owner=owner,
+                    expired=int(expired or 0),
                 )
             result.append(PartitionStats(p, int(length), first, last, lags))
         return OrderedTopicStats(self.spec.name, tuple(result))
@@ -598,7 +618,7 @@ class RedisGroupMember:
         self, p: int, generation: int, offset: int, deliveries: int, fields: Any
     ) -> Entry | None:
         try:
-            key, payload, headers, published_at = _decode(entry_body(fields))
+            body = _decode(entry_body(fields))
         except msgspec.DecodeError as exc:
             raw = b"" if not fields else b"\x00".join(fields)
             logger.warning(
@@ -622,11 +642,27 @@ class RedisGroupMember:
                 ),
             )
             return None
-        return Entry(p, offset, key, payload, headers or {}, published_at, deliveries, generation)
+        return Entry(
+            p,
+            offset,
+            body.key,
+            body.payload,
+            body.headers or {},
+            body.published_at,
+            deliveries,
+            generation,
+            body.expires_at,
+        )
 
     # -- settlement --------------------------------------------------------------------------------
 
     async def ack(self, entry: Entry) -> None:
+        await self._settle_entry(entry, expired=False)
+
+    async def expire(self, entry: Entry) -> None:
+        await self._settle_entry(entry, expired=True)
+
+    async def _settle_entry(self, entry: Entry, *, expired: bool) -> None:
         p = entry.partition
         if self._owned.get(p) != entry.generation:
             return
@@ -639,7 +675,7 @@ class RedisGroupMember:
             self._flush_acks(p)
             batch = self._acks[p] = AckBatch(entry.generation)
             self._client.before_flush(self._flush_acks_hook)
-        batch.offsets.append(entry.offset)
+        (batch.expired if expired else batch.offsets).append(entry.offset)
         if sync:
             await batch.wait()  # raises a refusal: the message is still the application's
             if held is not None and self._held.get(p) is held:
@@ -658,7 +694,7 @@ class RedisGroupMember:
         self._client.run_soon(
             ORDERED_ACK,
             self._topic.part_keys(p, self._group)[2:4],
-            (self._token, batch.generation, *batch.offsets),
+            (self._token, batch.generation, len(batch.expired), *batch.expired, *batch.offsets),
             on_done=done,
         )
 

@@ -457,13 +457,28 @@ return {e, n, first, elements}
 # ``COMMITTED|ACKED,ACKED...``, the acks above the watermark). An owner computes its commits
 # itself (it alone acks its topic); a key exists only while its owner owns the topic, so a
 # takeover or an expiry fences it (G4). A script only to be allowed on a full server (a plain
-# SET is refused there). Returns 1 per key written, 0 per key fenced.
+# SET is refused there). Returns 1 per key written, 0 per key fenced. When records were
+# settled unread (their deadline passed), KEYS ends with the partition's expiry counter (a
+# hash: group -> count) and ARGV with the group and one count per commit key; the counts of
+# the keys written are added.
 LITE_COMMIT: Final = Script(
     "lite_commit",
     """
+local n = #KEYS
+local counted = #ARGV > n
+if counted then n = n - 1 end
 local out = {}
-for i = 1, #KEYS do
-  out[i] = redis.call('SET', KEYS[i], ARGV[i], 'XX', 'KEEPTTL') and 1 or 0
+local expired = 0
+for i = 1, n do
+  if redis.call('SET', KEYS[i], ARGV[i], 'XX', 'KEEPTTL') then
+    out[i] = 1
+    if counted then expired = expired + tonumber(ARGV[n + 1 + i]) end
+  else
+    out[i] = 0
+  end
+end
+if expired > 0 then
+  redis.call('HINCRBY', KEYS[n + 1], ARGV[n + 1], expired)
 end
 return out
 """,
@@ -684,13 +699,23 @@ return out
     flags="allow-oom",
 )
 
-# KEYS: group hash, pending hash. ARGV: token, generation, offset... Settles offsets.
+# KEYS: group hash, pending hash. ARGV: token, generation, the number E of expired offsets,
+# E expired offsets, then acked offsets. Settles the offsets; the expired ones that were still
+# pending are counted in the group hash's field 'expired'.
 ORDERED_ACK: Final = Script(
     "ordered_ack",
     """
 local own, gen = unpack(redis.call('HMGET', KEYS[1], 'own', 'gen'))
 if own ~= ARGV[1] or gen ~= ARGV[2] then return 0 end
-for i = 3, #ARGV, 1000 do
+local acked = 4 + tonumber(ARGV[3])
+local expired = 0
+for i = 4, acked - 1, 1000 do
+  expired = expired + redis.call('HDEL', KEYS[2], unpack(ARGV, i, math.min(i + 999, acked - 1)))
+end
+if expired > 0 then
+  redis.call('HINCRBY', KEYS[1], 'expired', expired)
+end
+for i = acked, #ARGV, 1000 do
   redis.call('HDEL', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 return 1
