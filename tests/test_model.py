@@ -173,6 +173,30 @@ def test_ordered_model_enforces_nack_delay() -> None:
     assert model.must_deliver()
 
 
+def test_ordered_model_expires_messages_past_their_deadline() -> None:
+    """A message nobody held by its deadline is never deliverable and its key's next one is;
+    one held in time stays deliverable until settled."""
+    model = OrderedModel(1, now=100.0)
+    model.open("c")
+    model.send("k", b"1", expires_in=2.0)
+    model.send("k", b"2")
+    model.advance(2.0)
+    assert [m.payload for m in model.deliverable()] == [b"2"]
+    assert model.expired(0) == 1
+    with pytest.raises(ModelViolation, match="deadline"):
+        model.deliver(
+            "c", key="k", partition=0, offset=1, payload=b"1", headers={}, delivery_count=1
+        )
+    model.send("k", b"3", expires_in=5.0)
+    model.deliver("c", key="k", partition=0, offset=2, payload=b"2", headers={}, delivery_count=1)
+    model.ack("c", 0, 2)
+    model.deliver("c", key="k", partition=0, offset=3, payload=b"3", headers={}, delivery_count=1)
+    model.advance(10.0)  # held in time: the consumer settles it as it likes
+    model.nack("c", 0, 3)  # handed back after its deadline: never delivered again
+    assert model.deliverable() == []
+    assert model.expired(0) == 2
+
+
 def test_lite_model_resumes_at_committed_after_takeover() -> None:
     """Takeover revokes the old channel and the new one resumes after the committed offset."""
     model = LiteModel(["s"], ttl=10.0, max_len=5)

@@ -6,7 +6,8 @@ This module imports `Hypothesis <https://hypothesis.readthedocs.io>`_, a test-on
 
 * A **pure reference model** (plain Python: no I/O, no event loop, no clock of its own):
   :class:`OrderedModel` (one ordered topic consumed by one group: partitions, per-key order,
-  un-acked messages, redelivery after a consumer crash, nack delays, dead letters, dedupe) and
+  un-acked messages, redelivery after a consumer crash, nack delays, dead letters, dedupe,
+  deadlines) and
   :class:`LiteModel` (the lite topics of one parent for one group: offsets from 1, the committed
   offset, one owner, takeover, TTL with a new epoch and offsets restarting at 1, ``max_len``
   trimming with ``gap_before``). They are fed what happened and raise :class:`ModelViolation`
@@ -45,8 +46,13 @@ Model choices where the contract leaves room (each is what the memory backend do
 * a lite topic's backlog in stats is ``last - committed``, or that with trimmed messages, or
   trimmed and acked ones, taken off.
 
+* a message whose deadline (``expires_in``) has passed while no consumer held it can never be
+  delivered; the group may count it in ``expired`` only once a consumer reached it, so stats
+  may count fewer than the model (never more).
+
 Not covered here (the conformance checks do it): the merged ``async for msg in subscriber``
-view, more than one group, trimming of ordered topics, payload limits, names, corrupt entries.
+view, more than one group, trimming of ordered topics, deadlines of lite-topic messages,
+payload limits, names, corrupt entries.
 
 .. versionadded:: 0.1.0
 """
@@ -117,11 +123,11 @@ def _fail(guarantee: str, message: str) -> ModelViolation:
 class SentMessage:
     """One message the model knows was stored in an ordered topic.
 
-    ``state`` is ``"pending"`` until it is acked or dead-lettered; ``holder`` is the consumer
-    it is delivered to (not yet settled); ``deliveries`` the ``delivery_count`` of its last
-    observed delivery. It may not be delivered again before ``not_before`` by ``nacked_by``
-    (the consumer that nacked it: a delay binds that consumer only) and must be deliverable
-    from ``due`` on (a nack delay).
+    ``state`` is ``"pending"`` until it is acked, dead-lettered or expired (its ``expires_at``
+    passed while no consumer held it); ``holder`` is the consumer it is delivered to (not yet
+    settled); ``deliveries`` the ``delivery_count`` of its last observed delivery. It may not
+    be delivered again before ``not_before`` by ``nacked_by`` (the consumer that nacked it: a
+    delay binds that consumer only) and must be deliverable from ``due`` on (a nack delay).
 
     .. versionadded:: 0.1.0
     """
@@ -132,7 +138,7 @@ class SentMessage:
     payload: bytes
     headers: dict[str, str]
     published_at: float
-    state: Literal["pending", "acked", "dead"] = "pending"
+    state: Literal["pending", "acked", "dead", "expired"] = "pending"
     holder: str | None = None
     deliveries: int = 0
     not_before: float = -math.inf
@@ -141,6 +147,8 @@ class SentMessage:
     #: dead-lettered by the model when its consumer crashed; the backend may record it only
     #: when the partition's next owner reads it
     lazy_dead: bool = False
+    #: its deadline (``published_at + expires_in``), or None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -194,8 +202,21 @@ class OrderedModel:
     # -- time and membership ------------------------------------------------------------------
 
     def advance(self, seconds: float) -> None:
-        """Let *seconds* pass."""
+        """Let *seconds* pass: messages no consumer holds expire when their deadline passed."""
         self.now += seconds
+        for log in self.logs:
+            for message in log:
+                if message.holder is None:
+                    self._expire_if_due(message)
+
+    def _expire_if_due(self, message: SentMessage) -> None:
+        expires_at = message.expires_at
+        if message.state == "pending" and expires_at is not None and expires_at <= self.now:
+            message.state = "expired"
+
+    def expired(self, partition: int) -> int:
+        """Messages of *partition* that expired (settled unread, their deadline passed)."""
+        return sum(1 for m in self.logs[partition] if m.state == "expired")
 
     def open(self, consumer: str) -> None:
         """A consumer joined the group."""
@@ -215,6 +236,8 @@ class OrderedModel:
             if message.deliveries >= self.max_deliveries:
                 message.state = "dead"
                 message.lazy_dead = True
+            else:
+                self._expire_if_due(message)
         for log in self.logs:
             for message in log:
                 if message.state == "pending":
@@ -234,6 +257,7 @@ class OrderedModel:
         headers: dict[str, str] | None = None,
         *,
         dedupe_id: str | None = None,
+        expires_in: float | None = None,
     ) -> SendOutcome:
         """Record a send; return the receipt it must get."""
         if dedupe_id is not None:
@@ -243,6 +267,8 @@ class OrderedModel:
         partition = self.partition_of(key)
         log = self.logs[partition]
         message = SentMessage(key, partition, len(log) + 1, payload, dict(headers or {}), self.now)
+        if expires_in is not None:
+            message.expires_at = self.now + expires_in
         log.append(message)
         if dedupe_id is not None:
             self._dedupe[dedupe_id] = (message, self.now)
@@ -322,8 +348,12 @@ class OrderedModel:
         headers: dict[str, str],
         delivery_count: int,
         published_at: float | None = None,
+        expires_at: float | None = None,
     ) -> SentMessage:
-        """Check and record that *consumer* yielded a message; return the model's message."""
+        """Check and record that *consumer* yielded a message; return the model's message.
+
+        *published_at* and *expires_at* are compared when *published_at* is given (a clock the
+        model follows)."""
         where = f"p{partition}@{offset} (key {key!r}) to {consumer!r}"
         if consumer not in self.consumers:
             raise _fail("G4", f"{where}: that consumer is closed")
@@ -333,10 +363,17 @@ class OrderedModel:
                 "integrity",
                 f"{where}: got {(key, payload, headers)}, sent {(m.key, m.payload, m.headers)}",
             )
-        if published_at is not None and published_at != m.published_at:
+        if published_at is not None and (published_at, expires_at) != (
+            m.published_at,
+            m.expires_at,
+        ):
             raise _fail(
-                "integrity", f"{where}: published_at {published_at}, sent at {m.published_at}"
+                "integrity",
+                f"{where}: published_at, expires_at {published_at}, {expires_at}; sent "
+                f"{m.published_at}, {m.expires_at}",
             )
+        if m.state == "expired" or (m.expires_at is not None and m.expires_at <= self.now):
+            raise _fail("deadline", f"{where}: delivered at {self.now}, after {m.expires_at}")
         if m.state == "acked":
             raise _fail("G3", f"{where}: redelivered after it was acked")
         if m.state == "dead":
@@ -394,6 +431,7 @@ class OrderedModel:
             return True
         m.not_before = m.due = self.now + delay
         m.nacked_by = consumer
+        self._expire_if_due(m)  # handed back after its deadline: never delivered again
         return False
 
     def reject(self, consumer: str, partition: int, offset: int) -> None:
@@ -921,6 +959,7 @@ class _World:
                 headers=message.headers,
                 delivery_count=message.delivery_count,
                 published_at=message.published_at if self.manual else None,
+                expires_at=message.expires_at,
             )
             slot.held.append(message)
             if message.delivery_count > 1:
@@ -1185,23 +1224,31 @@ class _World:
 
     # -- rules: ordered topic -------------------------------------------------------------------
 
-    async def send(self, key_index: int, count: int, dedupe: bool) -> None:
+    async def send(
+        self, key_index: int, count: int, dedupe: bool, expires_in: float | None = None
+    ) -> None:
         await self._begin()
         for _ in range(count):
             key = _pick(self.keys, key_index)
             serial = next(self.serial)
             dedupe_id = f"req-{serial}" if dedupe else None
-            await self._send(key, serial, dedupe_id)
+            await self._send(key, serial, dedupe_id, expires_in)
             key_index += 1
         await self._end()
 
-    async def _send(self, key: str, serial: int, dedupe_id: str | None) -> None:
+    async def _send(
+        self, key: str, serial: int, dedupe_id: str | None, expires_in: float | None = None
+    ) -> None:
         payload = f"o|{key}|{serial}".encode()
         headers = {"serial": str(serial)}
-        expected = self.ordered.send(key, payload, headers, dedupe_id=dedupe_id)
-        receipt = await self.audio[serial % _BROKERS].send(
-            key, payload, headers=headers, dedupe_id=dedupe_id
+        expected = self.ordered.send(
+            key, payload, headers, dedupe_id=dedupe_id, expires_in=expires_in
         )
+        receipt = await self.audio[serial % _BROKERS].send(
+            key, payload, headers=headers, dedupe_id=dedupe_id, expires_in=expires_in
+        )
+        if expires_in is not None:
+            self.events.add("ordered: send with a deadline")
         self.ordered.check_receipt(expected, receipt)
         if expected.duplicate:
             self.events.add("ordered: duplicate send")
@@ -1483,6 +1530,14 @@ class _World:
                 )
             if lag.lag != count - lag.committed or lag.pending < held:
                 raise _fail("stats", f"partition {ps.partition}: {lag}, {held} held")
+            if lag.expired > self.ordered.expired(ps.partition):
+                raise _fail(
+                    "deadline",
+                    f"partition {ps.partition}: {lag.expired} expired in stats, "
+                    f"{self.ordered.expired(ps.partition)} may have",
+                )
+            if lag.expired:
+                self.events.add("ordered: expired message settled")
             if lag.owner is not None and lag.owner not in names:
                 raise _fail("G4", f"partition {ps.partition} owned by closed {lag.owner!r}")
 
@@ -1633,6 +1688,16 @@ def make_state_machine(
         @rule(key=st.integers(0, 2))
         def send_with_dedupe_id(self, key: int) -> None:
             self._run(self._world.send, key, 1, True)
+
+        @precondition(lambda self: self._world.manual)
+        @rule(
+            key=st.integers(0, 2),
+            count=st.integers(1, 3),
+            steps=st.sampled_from([0.5, 1.5, 2.5]),
+        )
+        def send_with_deadline(self, key: int, count: int, steps: float) -> None:
+            """Sends whose deadline falls between the clock's short steps (a manual clock)."""
+            self._run(self._world.send, key, count, False, steps * _SHORT_STEP)
 
         @precondition(lambda self: bool(self._world.dedupe_ids))
         @rule(index=st.integers(0, 50))
