@@ -475,9 +475,15 @@ class Consumer:
             return
         if self._take(message) is None or self._member is None:
             return
+        due = self._session.clock.time() + seconds
+        if entry.expires_at is not None and entry.expires_at <= due:
+            # Its retry would come after its deadline: settle it now, or its key would wait
+            # out the delay for a message that is never handed out again.
+            with anyio.CancelScope(shield=True):
+                await self._expire(entry)
+            return
         await self._member.nack(entry)
         dispatcher = self._dispatcher
-        due = self._session.clock.time() + seconds
         # A fresh entry: the settled message keeps the delivery count it was delivered with.
         entry = attrs.evolve(entry, delivery_count=entry.delivery_count + 1)
         dispatcher.retry(entry, due)

@@ -191,8 +191,8 @@ def test_ordered_model_expires_messages_past_their_deadline() -> None:
     model.deliver("c", key="k", partition=0, offset=2, payload=b"2", headers={}, delivery_count=1)
     model.ack("c", 0, 2)
     model.deliver("c", key="k", partition=0, offset=3, payload=b"3", headers={}, delivery_count=1)
-    model.advance(10.0)  # held in time: the consumer settles it as it likes
-    model.nack("c", 0, 3)  # handed back after its deadline: never delivered again
+    model.advance(1.0)  # held in time: the consumer settles it as it likes
+    model.nack("c", 0, 3, delay=5.0)  # its retry would come after its deadline: expired
     assert model.deliverable() == []
     assert model.expired(0) == 2
 

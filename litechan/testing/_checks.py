@@ -1753,7 +1753,8 @@ def _expires_at_ok(h: Harness, expires_at: float | None, published_at: float) ->
 async def check_ordered_deadline(backend: BackendFactory) -> None:
     """Deadlines: a message sent with ``expires_in`` and not handed out in time is never
     delivered, is counted in the group's ``expired`` and does not hold its key back; one handed
-    out in time carries its ``expires_at``.
+    out in time carries its ``expires_at``; one nacked with a delay that ends past its deadline
+    is settled as expired at once.
 
     .. versionadded:: 0.2.0
     """
@@ -1784,8 +1785,17 @@ async def check_ordered_deadline(backend: BackendFactory) -> None:
                 await k3.ack()
                 await h.settle()
                 inbox.assert_empty("k#2 was not handed out before its deadline: never")
+                await topic.send("n", b"n#1", expires_in=_DEADLINE)
+                await topic.send("n", b"n#2")
+                n1 = await inbox.get("n#1, within its deadline")
+                await n1.nack(delay=_DEADLINE * 2)  # the retry would come too late
+                n2 = await inbox.get("n#2 at once: n#1's retry would pass its deadline")
+                _equal(n2.payload, b"n#2", "the message after the one nacked past its deadline")
+                await n2.ack()
+                await h.advance(_DEADLINE * 2.5)
+                inbox.assert_empty("n#1 expired when it was nacked: never delivered again")
             stats = await topic.stats()
-            _equal(stats.expired(_GROUP), 1, "messages the group settled as expired")
+            _equal(stats.expired(_GROUP), 2, "messages the group settled as expired")
             _equal(stats.lag(_GROUP), 0, "the group's lag, the expired message settled")
 
 

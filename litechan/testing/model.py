@@ -431,7 +431,8 @@ class OrderedModel:
             return True
         m.not_before = m.due = self.now + delay
         m.nacked_by = consumer
-        self._expire_if_due(m)  # handed back after its deadline: never delivered again
+        if m.expires_at is not None and m.expires_at <= m.due:
+            m.state = "expired"  # its retry would come too late: never delivered again
         return False
 
     def reject(self, consumer: str, partition: int, offset: int) -> None:
