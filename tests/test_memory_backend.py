@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 import litechan
 from litechan._alarm import Alarm
 from litechan._backends import memory
+from litechan._backends.memory._ordered import MAX_DEAD_LETTERS
 
 pytestmark = pytest.mark.anyio
 
@@ -227,7 +228,7 @@ async def test_dead_letters_are_bounded_per_group() -> None:
     with anyio.fail_after(20), capture_logs() as logs:
         async with litechan.connect("memory://") as broker:
             audio = broker.ordered_topic("audio", partitions=1)
-            total = memory.MAX_DEAD_LETTERS + 5
+            total = MAX_DEAD_LETTERS + 5
             for n in range(total):
                 await audio.send(f"k{n}", b"x")
             async with audio.consumer(group="g", name="c", max_in_flight=1024) as consumer:
@@ -238,7 +239,7 @@ async def test_dead_letters_are_bounded_per_group() -> None:
                     if rejected == total:
                         break
             dead = await audio.dead_letters("g")
-    assert len(dead) == memory.MAX_DEAD_LETTERS
+    assert len(dead) == MAX_DEAD_LETTERS
     assert dead[0].offset == 6
     assert sum(e["event"] == "litechan.ordered.dead_letter_dropped" for e in logs) == 5
 
