@@ -13,6 +13,8 @@ fails loudly instead of passing vacuously.
   unique ``namespace=`` option; :func:`plain_redis_url` strips litechan's options again for
   redis-py.
 - :func:`xadd_after_last` appends an entry to an existing stream whatever its ID scheme.
+- :class:`RedisCluster` runs a private Redis Cluster (primaries and replicas, each a
+  :class:`RedisServer` with cluster mode on), made with ``redis-cli --cluster create``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import structlog
 __all__ = [
     "LITECHAN_URL_OPTIONS",
     "REDIS_URL_ENV",
+    "RedisCluster",
     "RedisServer",
     "RedisServerError",
     "TcpProxy",
@@ -55,6 +58,7 @@ __all__ = [
     "find_redis_server",
     "fresh_namespace",
     "delete_namespace",
+    "free_cluster_port",
     "free_port",
     "litechan_url",
     "logged",
@@ -123,6 +127,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+#: A cluster node's bus port is its port + 10000, and must be a valid port too.
+CLUSTER_BUS_OFFSET: Final = 10_000
+_CLUSTER_PORTS: Final = range(20_000, 55_000)
+
+
+def free_cluster_port(host: str = "127.0.0.1") -> int:
+    """Return a port of *host* below 55536 that is free, and whose bus port (+10000) is too."""
+    for _ in range(1000):
+        port = _CLUSTER_PORTS.start + int.from_bytes(os.urandom(2)) % len(_CLUSTER_PORTS)
+        probes: list[socket.socket] = []
+        try:
+            for candidate in (port, port + CLUSTER_BUS_OFFSET):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probes.append(probe)
+                probe.bind((host, candidate))
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+        return port
+    raise RedisServerError(f"no free pair of ports (port, port + 10000) on {host}")
 
 
 def _ping(host: str, port: int, timeout: float = 0.5, *, loading_ok: bool = False) -> bool:
@@ -367,6 +395,7 @@ class RedisServer:
         start_timeout: float = _START_TIMEOUT,
         appendonly: bool = False,
         binary: str | None = None,
+        port: int = 0,
     ) -> None:
         self.binary = binary or find_redis_server()
         self.appendonly = appendonly
@@ -378,7 +407,8 @@ class RedisServer:
         self.output_path = self.directory / "redis.out"
         self.socket_path = self.directory / "redis.sock" if unix_socket else None
         self.tls_files = make_tls_files(self.directory) if tls else None
-        self.port = 0
+        self.port = port  # 0: a free one, picked at the first start
+        self._fixed_port = port != 0
         self.tls_port = 0
         self._process: subprocess.Popen[bytes] | None = None  # the guard shell
         self._server_pid = 0  # redis-server itself, the guard's child
@@ -444,17 +474,18 @@ class RedisServer:
             raise RedisServerError("this RedisServer was closed")
         if self.running:
             return self
-        first_start = self.port == 0
+        first_start = self.port == 0 or (self._fixed_port and self._server_pid == 0)
         deadline = time.monotonic() + self.start_timeout
         while True:
-            if first_start:
+            if first_start and not self._fixed_port:
                 self.port = free_port(self.host)
                 self.tls_port = free_port(self.host) if self.tls_files else 0
             failure = self._start_once(deadline, loading_ok)
             if failure is None:
                 return self
             reason, output = failure
-            if "Address already in use" not in output or time.monotonic() >= deadline:
+            taken = "Address already in use" in output
+            if not taken or time.monotonic() >= deadline or (first_start and self._fixed_port):
                 raise RedisServerError(
                     f"redis-server on port {self.port} did not start: {reason}\n"
                     f"--- its output:\n{output}"
@@ -597,6 +628,144 @@ class RedisServer:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<RedisServer {self.host}:{self.port} {state}>"
+
+
+# --------------------------------------------------------------------------------------------
+# clusters
+
+
+class RedisCluster:
+    """A private Redis Cluster for tests: *primaries* primaries with *replicas* replicas each.
+
+    Every node is a :class:`RedisServer` started with ``--cluster-enabled yes`` on a port from
+    :func:`free_cluster_port` (its bus port, +10000, is free too); ``redis-cli --cluster create``
+    spreads the 16384 slots over the primaries and attaches the replicas. :meth:`start` returns
+    once every node reports ``cluster_state:ok`` and every replica is in sync with its primary.
+    Use as a context manager, or call :meth:`start` and :meth:`close`.
+    """
+
+    def __init__(
+        self, *, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 2000
+    ) -> None:
+        self.primaries = primaries
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.host: Final = "127.0.0.1"
+        self.nodes: list[RedisServer] = []
+        self._closed = False
+
+    @property
+    def seeds(self) -> str:
+        """``host:port,host:port,...`` of every node, for a ``redis+cluster://`` URL."""
+        return ",".join(f"{self.host}:{node.port}" for node in self.nodes)
+
+    def client(self, node: RedisServer) -> redis.Redis:
+        """A plain redis-py client of one node (commands on other nodes' slots get MOVED)."""
+        return redis.Redis(host=self.host, port=node.port, socket_timeout=5)
+
+    def start(self) -> Self:
+        """Start the nodes and make the cluster (raise with the nodes' logs if it fails)."""
+        if self._closed:
+            raise RedisServerError("this RedisCluster was closed")
+        count = self.primaries * (1 + self.replicas)
+        node_args = (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+        )  # fmt: skip
+        for _ in range(count):
+            node = RedisServer(port=free_cluster_port(self.host), extra_args=node_args)
+            self.nodes.append(node)
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RedisServerError("redis-cli is not installed: apt-get install redis-tools")
+        addresses = [f"{self.host}:{node.port}" for node in self.nodes]
+        command = [
+            cli, "--cluster", "create", *addresses,
+            "--cluster-replicas", str(self.replicas), "--cluster-yes",
+        ]  # fmt: skip
+        made = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if made.returncode != 0:
+            raise RedisServerError(
+                f"redis-cli --cluster create failed ({made.returncode}):\n"
+                f"{made.stdout[-2000:]}\n{made.stderr[-2000:]}\n{self._logs()}"
+            )
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Return once every running node reports ``cluster_state:ok`` and every running
+        replica's link to its primary is up (raise with the logs after *timeout* s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [node for node in self.nodes if node.running and not self._ready(node)]
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                raise RedisServerError(
+                    f"cluster nodes {[n.port for n in waiting]} not ready after {timeout} s\n"
+                    f"{self._logs()}"
+                )
+            time.sleep(0.05)  # other processes converge: there is nothing to await
+
+    def _ready(self, node: RedisServer) -> bool:
+        try:
+            with self.client(node) as client:
+                info = client.execute_command("CLUSTER", "INFO")
+                if isinstance(info, bytes):
+                    info = info.decode()
+                if "cluster_state:ok" not in str(info):
+                    return False
+                replication = client.info("replication")
+                if replication.get("role") == "slave":
+                    return bool(replication.get("master_link_status") == "up")
+                return True
+        except redis.RedisError:
+            return False
+
+    def primary_nodes(self) -> list[RedisServer]:
+        """The running nodes that are primaries now."""
+        found = []
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with contextlib.suppress(redis.RedisError), self.client(node) as client:
+                if client.info("replication").get("role") == "master":
+                    found.append(node)
+        return found
+
+    def _logs(self) -> str:
+        return "\n".join(f"[node {node.port}]\n{node.log_tail(10)}" for node in self.nodes)
+
+    def close(self) -> None:
+        """Kill every node and remove their directories."""
+        if self._closed:
+            return
+        self._closed = True
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------------------------

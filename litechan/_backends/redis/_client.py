@@ -41,7 +41,7 @@ import anyio
 import anyio.abc
 import msgspec
 
-from ..._errors import BrokerUnavailable, LitechanError, Overloaded
+from ..._errors import BrokerUnavailable, InvalidArgument, LitechanError, Overloaded
 from ..._log import logger
 from ._options import RedisOptions
 from ._replies import is_refusal, is_transient, reply_error
@@ -493,12 +493,25 @@ class Client:
         wire = await self.open()
         try:
             with anyio.fail_after(self._options.socket_timeout):
+                await self._refuse_cluster_node(wire)
                 self._flagged = await self._load_scripts(wire)
         except BaseException:
             wire.close()
             raise
         self.connected.set()
         return wire
+
+    async def _refuse_cluster_node(self, wire: Wire) -> None:
+        """Raise InvalidArgument if the server is a node of a Redis Cluster: it serves only its
+        own slots, and answers ``MOVED`` for the others (a parent's partitions span them all)."""
+        await wire.write(pack(("INFO", "cluster")))
+        info = await wire.read()
+        if isinstance(info, bytes) and b"cluster_enabled:1" in info:
+            raise InvalidArgument(
+                f"{self.server} is a node of a Redis Cluster, which serves only its own hash "
+                "slots; the redis:// backend needs a standalone server (or a proxy that "
+                "presents the cluster as one server)"
+            )
 
     async def _load_scripts(self, wire: Wire) -> bool:
         """Load every script, flagged if the server compiles flags (Redis 7), else plain (6.2);
