@@ -7,16 +7,28 @@ a cluster node when it connects, in words, instead of failing later with a serve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import pytest
-from redis_support import RedisCluster, fresh_namespace
+import structlog.testing
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+from redis_support import RedisCluster, RedisServer, fresh_namespace
 
 import litechan
+from litechan.testing import CHECKS, BackendFactory, redis_backend
+from litechan.testing.model import make_state_machine
 
 pytestmark = pytest.mark.anyio
 asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+CLUSTER_SETTINGS = settings(
+    max_examples=20,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +36,51 @@ def cluster() -> Iterator[RedisCluster]:
     """One private 6-node cluster for the module (making one takes several seconds)."""
     with RedisCluster(primaries=3, replicas=1) as made:
         yield made
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("redis+cluster://127.0.0.1:7000/3", "one database"),
+        ("redis+cluster://127.0.0.1:7000/?db=2", "database"),
+        ("redis+cluster://127.0.0.1:7000,/", "host:port"),
+        ("redis+cluster://127.0.0.1:port/", "port"),
+        ("redis+cluster://127.0.0.1:7000/?nosuch=1", "unknown option 'nosuch'"),
+        ("redis+cluster://127.0.0.1:7000/?ssl_ca_certs=/x", "rediss://"),
+    ],
+)
+def test_bad_cluster_urls_are_rejected_at_connect(url: str, complaint: str) -> None:
+    """A cluster URL with a database, an empty or bad node, or a bad option raises
+    InvalidArgument at connect(), before any I/O."""
+    with pytest.raises(litechan.InvalidArgument, match=complaint):
+        litechan.connect(url)
+
+
+def test_a_cluster_url_names_every_node_and_keeps_the_password_hidden() -> None:
+    """Every host:port of a cluster URL is a seed with the URL's credentials and options; the
+    password appears in no repr."""
+    from urllib.parse import urlsplit
+
+    from litechan._backends.redis._options import parse_url
+
+    url = "rediss+cluster://gw:s3cret@10.0.0.1:7000,10.0.0.2:7001/?namespace=voice&retry=2"
+    options = parse_url(urlsplit(url + "&ssl_cert_reqs=none"))
+    assert [(e.host, e.port) for e in options.seeds] == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
+    assert {(e.username, e.password, e.tls is not None) for e in options.seeds} == {
+        ("gw", "s3cret", True)
+    }
+    assert (options.namespace, options.retry) == ("voice", 2.0)
+    assert "s3cret" not in repr(options)
+    assert "s3cret" not in repr(litechan.connect(url + "&ssl_cert_reqs=none"))
+
+
+@asyncio_only
+async def test_a_cluster_url_to_a_standalone_server_is_refused(redis_server: RedisServer) -> None:
+    """redis+cluster:// to a server without cluster mode raises InvalidArgument naming redis://."""
+    url = f"redis+cluster://{redis_server.host}:{redis_server.port}/?namespace=x"
+    with anyio.fail_after(20), pytest.raises(litechan.InvalidArgument, match="redis://"):
+        async with litechan.connect(url):
+            pass
 
 
 def test_the_cluster_is_what_the_tests_ask_for(cluster: RedisCluster) -> None:
@@ -53,5 +110,26 @@ async def test_a_redis_url_to_a_cluster_node_is_refused_when_connecting(
         message = str(caught.value)
         assert f"{node.host}:{node.port}" in message
         assert "Redis Cluster" in message
+        assert "redis+cluster://" in message
         with cluster.client(node) as client:
             assert client.keys(f"*{namespace}*") == []
+
+
+@asyncio_only
+@pytest.mark.parametrize("check", CHECKS, ids=[check.__name__ for check in CHECKS])
+async def test_the_cluster_passes_the_conformance_kit(
+    cluster: RedisCluster, check: Callable[[BackendFactory], Awaitable[None]]
+) -> None:
+    """Every check of the kit holds on a 3-primary cluster, a parent spread over 8 slots."""
+    await check(redis_backend(f"redis+cluster://{cluster.seeds}/?lite_partitions=8"))
+
+
+@pytest.mark.timeout(900)
+def test_the_cluster_follows_the_model(cluster: RedisCluster) -> None:
+    """Random sequences of every operation keep the cluster backend within the model."""
+    machine = make_state_machine(
+        redis_backend(f"redis+cluster://{cluster.seeds}/?lite_partitions=4"),
+        anyio_backend="asyncio",
+    )
+    with structlog.testing.capture_logs():
+        run_state_machine_as_test(machine, settings=CLUSTER_SETTINGS)

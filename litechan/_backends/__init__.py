@@ -28,6 +28,8 @@ _REGISTRY: Final[dict[str, tuple[str, str]]] = {
     "redis": ("litechan._backends.redis:RedisBackend", "redis"),
     "rediss": ("litechan._backends.redis:RedisBackend", "redis"),
     "unix": ("litechan._backends.redis:RedisBackend", "redis"),
+    "redis+cluster": ("litechan._backends.redis:RedisBackend", "redis"),
+    "rediss+cluster": ("litechan._backends.redis:RedisBackend", "redis"),
 }
 
 

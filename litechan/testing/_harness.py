@@ -162,7 +162,7 @@ _memory_worlds: Final = url_backend(
 
 def redis_backend(url: str, *, settle_time: float = 0.05) -> BackendFactory:
     """A :data:`BackendFactory` for the Redis server at *url* (``redis://``, ``rediss://``,
-    ``unix://``; asyncio only).
+    ``unix://``), or the Redis Cluster at *url* (``redis+cluster://``); asyncio only.
 
     Each call opens a fresh namespace (``namespace=kit-<uuid>`` added to the URL's query, which
     may carry other options such as ``lease``) and deletes its keys afterwards. Time is real:
@@ -196,7 +196,26 @@ async def _delete_namespace(url: str, namespace: str) -> None:
 
     from .._backends.redis._options import parse_url
 
-    client = redis.asyncio.Redis.from_url(parse_url(urlsplit(url)).client_url)
+    options = parse_url(urlsplit(url))
+    if options.seeds:  # a cluster: each primary deletes its own keys, one at a time (slots)
+        for seed in options.seeds:
+            client = redis.asyncio.Redis(
+                host=seed.host, port=seed.port, username=seed.username, password=seed.password
+            )
+            try:
+                if (await client.info("replication")).get("role") != "master":
+                    continue
+                async with client.pipeline(transaction=False) as pipe:
+                    for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
+                        async for key in client.scan_iter(match=pattern, count=1000):
+                            pipe.unlink(key)
+                    await pipe.execute()
+            except redis.RedisError:
+                continue  # a node down: what it held is gone with it, or comes back unused
+            finally:
+                await client.aclose()
+        return
+    client = redis.asyncio.Redis.from_url(options.client_url)
     try:
         for pattern in (f"{namespace}:*", f"{{{namespace}:*"):
             keys = [key async for key in client.scan_iter(match=pattern, count=1000)]

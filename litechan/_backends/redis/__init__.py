@@ -38,6 +38,7 @@ from ..base import (
     OrderedSpec,
 )
 from ._client import Client, translate
+from ._cluster import ClusterClient, ClusterNotes, Commands
 from ._lite import NoteData, RedisLiteMember, RedisLiteTopics, decode_note, encode_lite
 from ._notes import Fence, Notes
 from ._options import RedisOptions, parse_url
@@ -70,8 +71,8 @@ class RedisBackend:
         self._specs: dict[str, str] = {}
         self._id = secrets.token_hex(6)
         self._channel = f"{self._ns}:n:{self._id}"
-        self._client: Client | None = None
-        self._notes: Notes | None = None
+        self._client: Commands | None = None
+        self._notes: Notes | ClusterNotes | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ordered: dict[str, RedisOrderedTopic] = {}
         self._parents: dict[str, RedisLiteTopics] = {}
@@ -83,7 +84,7 @@ class RedisBackend:
         self._listening: set[str] = set()  # parents whose partition channels notes listen to
 
     @property
-    def client(self) -> Client:
+    def client(self) -> Commands:
         assert self._client is not None, "backend used before start()"  # the broker ensures it
         return self._client
 
@@ -98,7 +99,9 @@ class RedisBackend:
             asyncio.get_running_loop()
         except RuntimeError:
             raise InvalidArgument(_NOT_ASYNCIO) from None
-        client = Client(self._options)
+        client: Commands = (
+            ClusterClient(self._options) if self._options.seeds else Client(self._options)
+        )
         for script in SCRIPTS:
             client.register(script)
         self._client = client
@@ -107,7 +110,10 @@ class RedisBackend:
             await client.start(task_group)
             self._world = await self._world_marker()
             self._specs = await self._stored_specs()
-            self._notes = Notes(client, self._channel, self._on_note, self._on_connect)
+            if isinstance(client, ClusterClient):
+                self._notes = ClusterNotes(client, self._channel, self._on_note, self._on_connect)
+            else:
+                self._notes = Notes(client, self._channel, self._on_note, self._on_connect)
             await self._notes.start(task_group)
         except LitechanError:
             await client.aclose()

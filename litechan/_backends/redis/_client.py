@@ -43,8 +43,8 @@ import msgspec
 
 from ..._errors import BrokerUnavailable, InvalidArgument, LitechanError, Overloaded
 from ..._log import logger
-from ._options import RedisOptions
-from ._replies import is_refusal, is_transient, reply_error
+from ._options import Endpoint, RedisOptions
+from ._replies import is_redirect, is_refusal, is_transient, reply_error
 from ._wire import LinkError, ReplyError, Wire, open_wire, pack
 
 __all__ = [
@@ -132,7 +132,7 @@ OnDone: TypeAlias = Callable[[Any], None]
 
 
 class _Call:
-    __slots__ = ("deadline", "future", "on_done", "packed", "script")
+    __slots__ = ("deadline", "future", "on_done", "packed", "redirects", "script")
 
     def __init__(
         self,
@@ -147,6 +147,7 @@ class _Call:
         self.deadline = deadline
         self.script = script
         self.on_done = on_done
+        self.redirects = 0  # MOVED / ASK replies it got (a cluster's client bounds them)
 
     def end(self, outcome: Any) -> None:
         """Hand *outcome* (a reply, or a LitechanError) to whoever waits for this call."""
@@ -212,12 +213,63 @@ class AckBatch:
             raise self._outcome
 
 
-class Client:
+class Backpressure:
+    """The ``max_pending`` bound on publishes and sends accepted and not answered yet, kept by
+    a :class:`Client` (or a cluster's client, over all its primaries)."""
+
+    _options: RedisOptions
+    #: Publishes and sends accepted and not answered yet (bounded by max_pending).
+    pending: int
+    _roomy: asyncio.Event | None  # set when pending falls under max_pending
+
+    @property
+    def server(self) -> str:
+        raise NotImplementedError
+
+    def admit(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def full(self) -> bool:
+        """Whether ``max_pending`` publishes and sends are unanswered: a new one must wait."""
+        return self.pending >= self._options.max_pending
+
+    def answered(self, count: int) -> None:
+        """*count* publishes or sends were answered (or failed): room for as many."""
+        self.pending -= count
+        roomy = self._roomy
+        if roomy is not None and self.pending < self._options.max_pending:
+            self._roomy = None
+            roomy.set()
+
+    async def wait_for_room(self, deadline: float) -> None:
+        """Return once a publish or send may be accepted; raise Overloaded if none may be by
+        *deadline* (``time.monotonic()``)."""
+        while self.full:
+            self.admit()  # closed, or an outage older than retry, says so first
+            roomy = self._roomy
+            if roomy is None:
+                roomy = self._roomy = asyncio.Event()
+            with anyio.move_on_after(deadline - time.monotonic()):
+                await roomy.wait()
+                continue
+            limit, wait = self._options.max_pending, self._options.pending_wait
+            raise Overloaded(
+                f"{self.pending:,} publishes and sends wait for Redis at {self.server} "
+                f"(max_pending={limit:,}) and none was answered within pending_wait={wait} s: "
+                "the server does not keep up with this load"
+            )
+
+
+class Client(Backpressure):
     """Auto-batched commands over one connection; see the module docstring."""
 
-    def __init__(self, options: RedisOptions) -> None:
+    def __init__(self, options: RedisOptions, endpoint: Endpoint | None = None) -> None:
         self._options = options
-        self._endpoint = options.endpoint
+        self._endpoint = endpoint or options.endpoint
+        #: Where a node of a cluster hands a call answered MOVED or ASK (with the error's text),
+        #: instead of failing it; None on a standalone server.
+        self.redirect: Callable[[_Call, str], None] | None = None
         self._queue: deque[_Call] = deque()
         self._has_work = asyncio.Event()
         self._wire: Wire | None = None
@@ -349,39 +401,6 @@ class Client:
                     f"the retry option ({retry} s): {self._last_error}"
                 )
 
-    # -- backpressure ----------------------------------------------------------------------------
-
-    @property
-    def full(self) -> bool:
-        """Whether ``max_pending`` publishes and sends are unanswered: a new one must wait."""
-        return self.pending >= self._options.max_pending
-
-    def answered(self, count: int) -> None:
-        """*count* publishes or sends were answered (or failed): room for as many."""
-        self.pending -= count
-        roomy = self._roomy
-        if roomy is not None and self.pending < self._options.max_pending:
-            self._roomy = None
-            roomy.set()
-
-    async def wait_for_room(self, deadline: float) -> None:
-        """Return once a publish or send may be accepted; raise Overloaded if none may be by
-        *deadline* (``time.monotonic()``)."""
-        while self.full:
-            self.admit()  # closed, or an outage older than retry, says so first
-            roomy = self._roomy
-            if roomy is None:
-                roomy = self._roomy = asyncio.Event()
-            with anyio.move_on_after(deadline - time.monotonic()):
-                await roomy.wait()
-                continue
-            limit, wait = self._options.max_pending, self._options.pending_wait
-            raise Overloaded(
-                f"{self.pending:,} publishes and sends wait for Redis at {self.server} "
-                f"(max_pending={limit:,}) and none was answered within pending_wait={wait} s: "
-                "the server does not keep up with this load"
-            )
-
     def _future(self, packed: bytes, script: tuple[Script, Sequence[Arg]] | None = None) -> Any:
         future = self._enqueue(packed, script)
         assert future is not None
@@ -465,6 +484,35 @@ class Client:
         """Run *commands* in one go and return their replies (errors as exception objects)."""
         return await gather_replies([self._future(pack(tuple(args))) for args in commands])
 
+    def adopt(self, call: _Call, *, asking: bool = False) -> None:
+        """Queue *call*, redirected from another node of the cluster, behind what is queued
+        here (after ``ASKING`` with *asking*: the slot is being imported by this node)."""
+        if self._closed:
+            call.end(BrokerUnavailable("the broker's Redis connection is closed"))
+            return
+        if asking:
+            self._queue.append(_Call(pack(("ASKING",)), None, call.deadline, None, _ignore))
+        self._requeue_tail(call)
+        if not self._has_work.is_set():
+            self._has_work.set()
+
+    def _requeue_tail(self, call: _Call) -> None:
+        if call.script is not None:
+            script, args = call.script
+            sha = script.sha if self._flagged else script.sha_plain
+            call.packed = pack(("EVALSHA", sha, *args))
+        self._queue.append(call)
+
+    async def scan(self, pattern: str) -> list[bytes]:
+        """Every key matching *pattern* (SCAN: not for hot paths)."""
+        keys: list[bytes] = []
+        cursor: Any = 0
+        while True:
+            cursor, found = await self.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            keys.extend(found)
+            if int(cursor) == 0:
+                return keys
+
     def before_flush(self, hook: Callable[[], None]) -> None:
         """Call *hook* right before the next batch is written (it may queue commands), once
         however often it is registered meanwhile: how publishes, sends and acks are coalesced
@@ -493,7 +541,8 @@ class Client:
         wire = await self.open()
         try:
             with anyio.fail_after(self._options.socket_timeout):
-                await self._refuse_cluster_node(wire)
+                if not self._options.seeds:
+                    await self._refuse_cluster_node(wire)
                 self._flagged = await self._load_scripts(wire)
         except BaseException:
             wire.close()
@@ -509,8 +558,8 @@ class Client:
         if isinstance(info, bytes) and b"cluster_enabled:1" in info:
             raise InvalidArgument(
                 f"{self.server} is a node of a Redis Cluster, which serves only its own hash "
-                "slots; the redis:// backend needs a standalone server (or a proxy that "
-                "presents the cluster as one server)"
+                f"slots: connect with redis+cluster://{self.server}/ (rediss+cluster:// with "
+                "TLS), which finds the other nodes from it"
             )
 
     async def _load_scripts(self, wire: Wire) -> bool:
@@ -625,6 +674,8 @@ class Client:
                 # refused ones go again, once the server serves (after the usual pause).
                 self._refused.append(call)
                 self._refusal = str(reply)
+            elif self.redirect is not None and is_redirect(reply):
+                self.redirect(call, str(reply))  # another node serves its slot: it goes there
             else:
                 self._resolve(call, reply)
                 if self._down_since is not None and not self._refusal:

@@ -52,7 +52,8 @@ from ..base import (
     Start,
     Subscription,
 )
-from ._client import AckBatch, Arg, Client
+from ._client import AckBatch, Arg
+from ._cluster import Commands
 from ._scripts import (
     LITE_COMMIT,
     LITE_FETCH,
@@ -147,7 +148,7 @@ class RedisLiteTopics:
     """One parent's keys on one server; what the backend's lite-topic calls delegate to."""
 
     def __init__(
-        self, client: Client, namespace: str, spec: LiteSpec, broker_id: str, partitions: int
+        self, client: Commands, namespace: str, spec: LiteSpec, broker_id: str, partitions: int
     ) -> None:
         self.client = client
         self.spec = spec
@@ -253,14 +254,7 @@ class RedisLiteTopics:
         client = self.client
         metas: list[bytes] = []
         for tag in self.tags:
-            cursor: Any = 0
-            while True:
-                cursor, found = await client.call(
-                    "SCAN", cursor, "MATCH", f"{tag}:m:*", "COUNT", 1000
-                )
-                metas.extend(found)
-                if int(cursor) == 0:
-                    break
+            metas.extend(await client.scan(f"{tag}:m:*"))
         topics = 0
         subscriptions = 0
         backlog = 0

@@ -26,7 +26,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import anyio.abc
@@ -35,7 +35,7 @@ from ..._log import logger
 from ._client import CONNECTION_ERRORS, Client, pack, translate
 from ._wire import LinkError, Wire
 
-__all__ = ["STALL", "Fence", "Notes"]
+__all__ = ["STALL", "Fence", "Listening", "Notes"]
 
 
 _BACKOFF_MIN: Final = 0.02
@@ -43,6 +43,24 @@ _BACKOFF_MAX: Final = 0.5
 #: A loop that did not run for this long stalled (SIGSTOP, a long GC pause, a blocked loop).
 STALL: Final = 0.5
 _TICK: Final = 0.1
+
+
+class Listening(Protocol):
+    """What members and the fence use of the notes: :class:`Notes`, or one per cluster node."""
+
+    @property
+    def live(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def listen(
+        self, channel: str, handler: Callable[[bytes], None], *, sharded: bool = False
+    ) -> None: ...
+
+    async def forget(self, channel: str, handler: Callable[[bytes], None]) -> None: ...
+
+    async def sync(self) -> None: ...
 
 
 class Notes:
@@ -257,7 +275,7 @@ class Fence:
     ``anyio.wait_all_tasks_blocked()`` (which polls at that very period) from ever returning.
     """
 
-    def __init__(self, notes: Notes, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(self, notes: Listening, task_group: anyio.abc.TaskGroup) -> None:
         self._notes = notes
         self._round: anyio.Event | None = None
         self._wanted = asyncio.Event()  # a round is asked for (set by the timer, too)

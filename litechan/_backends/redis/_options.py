@@ -1,4 +1,4 @@
-"""Parsing of ``redis://``, ``rediss://`` and ``unix://`` broker URLs.
+"""Parsing of ``redis://``, ``rediss://``, ``unix://`` and ``redis+cluster://`` broker URLs.
 
 The URL says where the server is and how to reach it (host, port or socket path, database, user,
 password, TLS settings, a client name) and carries litechan's own options in the query string.
@@ -21,7 +21,8 @@ from ..._urls import redact
 
 __all__ = ["Endpoint", "RedisOptions", "parse_url"]
 
-_SCHEMES: Final = ("redis", "rediss", "unix")
+_SCHEMES: Final = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+_CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
 _MAX_DB: Final = 1_000_000
 
 
@@ -54,6 +55,9 @@ class RedisOptions:
     endpoint: Endpoint
     #: The URL without litechan's options, for tools that use redis-py (the test kit's cleanup).
     client_url: str = attrs.field(repr=False)
+    #: A cluster URL's nodes to discover the cluster from (``endpoint`` is the first); empty
+    #: for a standalone server.
+    seeds: tuple[Endpoint, ...] = ()
     #: Prefix of every key and channel litechan uses on this server (isolation, G10).
     namespace: str = "litechan"
     #: Accepted for compatibility and ignored: a broker opens one connection for commands and
@@ -113,6 +117,8 @@ def parse_url(url: SplitResult) -> RedisOptions:
         raise InvalidArgument(f"not a Redis URL: {_shown(url)}")
     if url.fragment:
         raise InvalidArgument(f"a Redis URL takes no #fragment: {_shown(url)}")
+    if url.scheme in _CLUSTER_SCHEMES:
+        return _parse_cluster_url(url)
     if url.scheme != "unix" and not url.hostname:
         raise InvalidArgument(f"a {url.scheme}:// URL needs a host: {_shown(url)}")
     if url.scheme == "unix" and not url.path:
@@ -151,8 +157,46 @@ def parse_url(url: SplitResult) -> RedisOptions:
 
 #: litechan's own query options: the fields of RedisOptions but the parsed connection.
 _LITECHAN_QUERY: Final = tuple(
-    name for name in attrs.fields_dict(RedisOptions) if name not in ("endpoint", "client_url")
+    name
+    for name in attrs.fields_dict(RedisOptions)
+    if name not in ("endpoint", "client_url", "seeds")
 )
+
+
+def _parse_cluster_url(url: SplitResult) -> RedisOptions:
+    """``redis+cluster://[user:password@]host:port,host:port[/]?options``: the nodes to
+    discover the cluster from, one set of credentials and options for every node."""
+    plain = url.scheme.removesuffix("+cluster")
+    userinfo, _, hosts = url.netloc.rpartition("@")
+    if url.path not in ("", "/", "/0"):
+        raise InvalidArgument(
+            f"a Redis Cluster has one database (0): the URL's path must be / or /0, "
+            f"got {_shown(url)}"
+        )
+    names = hosts.split(",")
+    if not names or not all(names):
+        raise InvalidArgument(
+            f"a {url.scheme}:// URL needs host:port[,host:port...]: {_shown(url)}"
+        )
+    seeds_options = [
+        parse_url(
+            url._replace(
+                scheme=plain,
+                netloc=f"{userinfo}@{name}" if userinfo else name,
+                path="/0",
+                query=url.query,
+            )
+        )
+        for name in names
+    ]
+    first = seeds_options[0]
+    if first.endpoint.db != 0:
+        raise InvalidArgument("a Redis Cluster has one database (0): drop the db option")
+    return attrs.evolve(
+        first,
+        client_url=urlunsplit((url.scheme, url.netloc, "/", "", "")),
+        seeds=tuple(options.endpoint for options in seeds_options),
+    )
 
 
 def _endpoint(url: SplitResult, query: dict[str, str]) -> Endpoint:

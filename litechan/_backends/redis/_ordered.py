@@ -31,8 +31,9 @@ from ..._errors import LitechanError
 from ..._log import logger
 from ..._types import DeadLetter, GroupLag, OrderedTopicStats, PartitionStats, Receipt
 from ..base import Entry, OrderedBatch, OrderedListener, OrderedSpec
-from ._client import AckBatch, Client, OnDone, entry_body
-from ._notes import Notes
+from ._client import AckBatch, OnDone, entry_body
+from ._cluster import Commands
+from ._notes import Listening
 from ._replies import reply_error
 from ._scripts import (
     ORDERED_ACK,
@@ -81,7 +82,7 @@ _decode_dead = msgspec.msgpack.Decoder(DeadBody).decode
 class RedisOrderedTopic:
     """One ordered topic's keys on one server."""
 
-    def __init__(self, client: Client, namespace: str, spec: OrderedSpec) -> None:
+    def __init__(self, client: Commands, namespace: str, spec: OrderedSpec) -> None:
         self.client = client
         self.spec = spec
         self.namespace = namespace
@@ -218,14 +219,8 @@ class RedisOrderedTopic:
             for cmd in (("HGETALL", self.tag(p) + ":m"), ("XLEN", self.tag(p) + ":s"))
         )
         # The groups: every group hash of the partition (SCAN is fine: stats are not hot).
-        groups: set[str] = set()
-        cursor: Any = 0
-        pattern = f"{{{self.prefix}:*}}:g:*"
-        while True:
-            cursor, found = await client.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-            groups.update(k.decode().rsplit(":g:", 1)[1] for k in found)
-            if int(cursor) == 0:
-                break
+        found = await client.scan(f"{{{self.prefix}:*}}:g:*")
+        groups = {k.decode().rsplit(":g:", 1)[1] for k in found}
         ordered_groups = sorted(groups)
         details = await client.many(
             cmd
@@ -279,7 +274,7 @@ class RedisGroupMember:
         channel: str,
         max_deliveries: int,
         listener: OrderedListener,
-        notes: Notes,
+        notes: Listening,
         members: dict[str, RedisGroupMember],
         lease: float,
     ) -> None:

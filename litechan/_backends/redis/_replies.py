@@ -33,7 +33,14 @@ from ..._errors import (
 )
 from ._wire import ReplyError
 
-__all__ = ["TRANSIENT", "error_code", "is_refusal", "is_transient", "reply_error"]
+__all__ = [
+    "TRANSIENT",
+    "error_code",
+    "is_redirect",
+    "is_refusal",
+    "is_transient",
+    "reply_error",
+]
 
 #: Codes of error replies that mean "not run, try again soon".
 TRANSIENT: Final = frozenset(
@@ -68,6 +75,11 @@ def error_code(reply: BaseException) -> str:
 def is_transient(reply: object) -> bool:
     """Whether *reply* is an error reply of a command the server did not run for now."""
     return isinstance(reply, ReplyError) and error_code(reply) in TRANSIENT
+
+
+def is_redirect(reply: object) -> bool:
+    """Whether *reply* sends a call to another node of a cluster (``MOVED`` or ``ASK``)."""
+    return isinstance(reply, ReplyError) and error_code(reply) in ("MOVED", "ASK")
 
 
 def is_refusal(reply: BaseException) -> bool:

@@ -1,0 +1,438 @@
+"""Redis Cluster: one auto-batched :class:`Client` per primary, and a router in front of them.
+
+A :class:`ClusterClient` has the interface of :class:`Client`, so the backend's topics and
+members run on a cluster unchanged: every call is queued on the client of the primary that
+serves the slot of its first key. The layout makes that enough: a script's keys share one hash
+tag (a topic partition, a lite-topic slot partition, the namespace), so a call never spans
+slots. Each primary's client batches, keeps several batches in flight, reconnects and retries
+exactly as on a standalone server.
+
+The slot map comes from ``CLUSTER SHARDS`` (Redis 7; ``CLUSTER SLOTS`` on 6.2), read from any
+node that answers. A call answered ``MOVED`` goes to the node named (its slot is remembered at
+once, and the whole map read again soon); one answered ``ASK`` goes there once, after
+``ASKING``. ``TRYAGAIN`` and ``CLUSTERDOWN`` are outages of that node's client, retried within
+``retry`` like a server still loading.
+
+:class:`ClusterNotes` keeps one notes connection per primary: a slot partition's channel is
+subscribed (``SSUBSCRIBE``) on the primary that serves its slot; the broker's own channel,
+which scripts ``PUBLISH`` to (the cluster bus carries it to every node), on one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, TypeAlias, TypeVar
+
+import anyio
+import anyio.abc
+import attrs
+
+from ..._errors import BrokerUnavailable, InvalidArgument
+from ..._log import logger
+from ._client import Arg, Backpressure, Client, OnDone, Script, _Call, gather_replies, translate
+from ._notes import Notes
+from ._options import Endpoint, RedisOptions
+from ._slots import key_slot
+from ._wire import ReplyError, open_wire, pack
+
+__all__ = ["ClusterClient", "ClusterNotes", "Commands"]
+
+T = TypeVar("T")
+
+SLOTS: Final = 16384
+#: MOVED / ASK replies one call may follow before it fails (a slot map in flux settles far
+#: sooner than this).
+MAX_REDIRECTS: Final = 16
+#: Commands whose first argument is not a key: they go to any primary.
+_KEYLESS: Final = frozenset({"PING", "INFO", "TIME"})
+
+
+@attrs.frozen
+class _Shard:
+    """A primary and the slot ranges it serves."""
+
+    host: str
+    port: int
+    ranges: tuple[tuple[int, int], ...]
+
+
+def parse_shards(reply: Any) -> list[_Shard]:
+    """The primaries of a ``CLUSTER SHARDS`` reply (a list of flat field lists)."""
+    shards = []
+    for shard in reply:
+        fields = dict(zip(shard[::2], shard[1::2], strict=True))
+        slots = [int(s) for s in fields[b"slots"]]
+        ranges = tuple(zip(slots[::2], slots[1::2], strict=True))
+        for node in fields[b"nodes"]:
+            info = dict(zip(node[::2], node[1::2], strict=True))
+            if info.get(b"role") == b"master" and ranges:
+                host = (info.get(b"ip") or info.get(b"endpoint") or b"").decode()
+                shards.append(_Shard(host, int(info[b"port"]), ranges))
+    return shards
+
+
+def parse_slots(reply: Any) -> list[_Shard]:
+    """The primaries of a ``CLUSTER SLOTS`` reply (Redis 6.2)."""
+    by_node: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for entry in reply:
+        start, end, primary = int(entry[0]), int(entry[1]), entry[2]
+        by_node.setdefault((primary[0].decode(), int(primary[1])), []).append((start, end))
+    return [_Shard(host, port, tuple(ranges)) for (host, port), ranges in by_node.items()]
+
+
+class ClusterClient(Backpressure):
+    """Calls routed by slot to one :class:`Client` per primary (the interface of Client)."""
+
+    def __init__(self, options: RedisOptions) -> None:
+        self._options = options
+        self._seeds: tuple[Endpoint, ...] = options.seeds
+        self._nodes: dict[tuple[str, int], Client] = {}
+        self._slots: list[Client | None] = [None] * SLOTS
+        self._scripts: dict[str, Script] = {}
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._node_callbacks: list[Callable[[Client], None]] = []
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._refresh_due = False
+        self._refreshing: asyncio.Task[None] | None = None
+        self._closed = False
+        self._close_by = math.inf
+        #: Publishes and sends accepted and not answered yet (bounded by max_pending).
+        self.pending = 0
+        self._roomy: asyncio.Event | None = None
+
+    # -- what Client has -------------------------------------------------------------------------
+
+    @property
+    def options(self) -> RedisOptions:
+        return self._options
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def sharded(self) -> bool:
+        """Whether notes use sharded pub/sub (``SSUBSCRIBE``: Redis 7)."""
+        return all(node.sharded for node in self._nodes.values())
+
+    @property
+    def server(self) -> str:
+        """The cluster's nodes, without credentials (for messages and logs)."""
+        return "cluster " + ",".join(f"{host}:{port}" for host, port in self._nodes)
+
+    @property
+    def nodes(self) -> list[Client]:
+        """The client of every primary known now."""
+        return list(self._nodes.values())
+
+    def register(self, script: Script) -> None:
+        self._scripts[script.name] = script
+        for node in self._nodes.values():
+            node.register(script)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._reconnect_callbacks.append(callback)
+        for node in self._nodes.values():
+            node.on_reconnect(callback)
+        return lambda: self._reconnect_callbacks.remove(callback)
+
+    def on_node(self, callback: Callable[[Client], None]) -> None:
+        """Call *callback* with the client of each primary found from now on."""
+        self._node_callbacks.append(callback)
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Read the slot map from a seed and connect to every primary (raising what failed)."""
+        self._task_group = task_group
+        shards = await self._read_map()
+        for shard in shards:
+            node = self._node(shard.host, shard.port, start=False)
+            try:
+                await node.start(task_group)
+            except Exception as exc:
+                raise translate(exc, f"connecting to {node.server}") from None
+        self._apply(shards)
+
+    def closing(self) -> None:
+        self._close_by = min(self._close_by, time.monotonic() + self._options.retry)
+        for node in self._nodes.values():
+            node.closing()
+
+    async def bounded(self, awaitable: Awaitable[T]) -> T | None:
+        limit = min(self._options.retry, self._close_by - time.monotonic())
+        with anyio.move_on_after(max(0.0, limit)):
+            return await awaitable
+        return None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+        for node in list(self._nodes.values()):
+            await node.aclose()
+
+    async def drain(self) -> None:
+        for node in list(self._nodes.values()):
+            await node.drain()
+
+    def admit(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable("the broker's Redis connections are closed")
+
+    async def call(self, *args: Arg) -> Any:
+        return await self._route_command(args).call(*args)
+
+    async def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        return await self._route(keys[0]).run(script, keys, args)
+
+    def run_soon(
+        self,
+        script: Script,
+        keys: Sequence[Arg],
+        args: Sequence[Arg],
+        *,
+        persistent: bool = False,
+        on_done: OnDone | None = None,
+    ) -> None:
+        self._route(keys[0]).run_soon(script, keys, args, persistent=persistent, on_done=on_done)
+
+    def run_later(
+        self, script: Script, keys: Sequence[Arg], args: Sequence[Arg], *, persistent: bool = False
+    ) -> asyncio.Future[Any]:
+        return self._route(keys[0]).run_later(script, keys, args, persistent=persistent)
+
+    async def run_many(
+        self, script: Script, calls: Iterable[tuple[Sequence[Arg], Sequence[Arg]]]
+    ) -> list[Any]:
+        return await gather_replies(
+            [self._route(keys[0]).run_later(script, keys, args) for keys, args in calls]
+        )
+
+    async def many(self, commands: Iterable[Sequence[Arg]]) -> list[Any]:
+        return await gather_replies(
+            [asyncio.ensure_future(self.call(*command)) for command in commands]
+        )
+
+    def before_flush(self, hook: Callable[[], None]) -> None:
+        # Run before the next batch of any primary: the first to write runs it (it queues
+        # calls on whichever primaries they belong to); the others find nothing left to do.
+        for node in self._nodes.values():
+            node.before_flush(hook)
+
+    async def scan(self, pattern: str) -> list[bytes]:
+        """Every key matching *pattern*, over every primary."""
+        found: set[bytes] = set()
+        for node in list(self._nodes.values()):
+            found.update(await node.scan(pattern))
+        return sorted(found)
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def _route(self, key: Arg) -> Client:
+        node = self._slots[key_slot(key if isinstance(key, (str, bytes)) else str(key))]
+        if node is None:
+            node = self._any()
+            self._schedule_refresh()  # a slot nobody serves: the map is stale
+        return node
+
+    def _route_command(self, args: Sequence[Arg]) -> Client:
+        name = str(args[0]).upper() if not isinstance(args[0], bytes) else args[0].decode()
+        if len(args) < 2 or name.upper() in _KEYLESS:
+            return self._any()
+        return self._route(args[1])
+
+    def _any(self) -> Client:
+        if self._closed or not self._nodes:
+            raise BrokerUnavailable("the broker's Redis connections are closed")
+        return next(iter(self._nodes.values()))
+
+    def _node(self, host: str, port: int, *, start: bool = True) -> Client:
+        """The client of the primary at *host*:*port* (made, and started with *start*)."""
+        node = self._nodes.get((host, port))
+        if node is not None:
+            return node
+        endpoint = attrs.evolve(self._seeds[0], host=host, port=port)
+        node = Client(self._options, endpoint)
+        for script in self._scripts.values():
+            node.register(script)
+        for callback in self._reconnect_callbacks:
+            node.on_reconnect(callback)
+        node.redirect = self._redirected
+        self._nodes[(host, port)] = node
+        if start and self._task_group is not None:  # found by a redirect or a new map
+            self._task_group.start_soon(self._start_node, node)
+        for found in self._node_callbacks:
+            found(node)
+        return node
+
+    async def _start_node(self, node: Client) -> None:
+        try:
+            await node.start(self._task_group)  # type: ignore[arg-type]
+        except Exception as exc:
+            logger.warning("litechan.redis.node_unreachable", server=node.server, error=str(exc))
+            self._schedule_refresh()
+
+    def _redirected(self, call: _Call, error: str) -> None:
+        """A node answered *call* ``MOVED slot host:port`` or ``ASK slot host:port``."""
+        kind, slot, address = error.split(" ", 2)
+        host, _, port = address.rpartition(":")
+        call.redirects += 1
+        if call.redirects > MAX_REDIRECTS:
+            call.end(
+                BrokerUnavailable(f"Redis cluster: a call was redirected {call.redirects} times")
+            )
+            self._schedule_refresh()
+            return
+        node = self._node(host, int(port))
+        if kind == "MOVED":
+            self._slots[int(slot)] = node
+            self._schedule_refresh()
+            node.adopt(call)
+        else:
+            node.adopt(call, asking=True)
+
+    # -- the slot map ----------------------------------------------------------------------------
+
+    async def _read_map(self) -> list[_Shard]:
+        """The primaries and their slots, from the first node that answers."""
+        candidates = [
+            (node.server, attrs.evolve(self._seeds[0], host=h, port=p))
+            for (h, p), node in self._nodes.items()
+        ]
+        candidates += [(seed.address, seed) for seed in self._seeds]
+        errors = []
+        for address, endpoint in candidates:
+            try:
+                wire = await open_wire(endpoint, self._options.connect_timeout)
+            except Exception as exc:
+                errors.append(f"{address}: {exc}")
+                continue
+            try:
+                with anyio.fail_after(self._options.socket_timeout):
+                    await wire.write(pack(("CLUSTER", "SHARDS")))
+                    reply = await wire.read()
+                    if isinstance(reply, ReplyError) and "unknown subcommand" in str(reply).lower():
+                        await wire.write(pack(("CLUSTER", "SLOTS")))
+                        reply = await wire.read()
+                        shards = None if isinstance(reply, ReplyError) else parse_slots(reply)
+                    else:
+                        shards = None if isinstance(reply, ReplyError) else parse_shards(reply)
+            except Exception as exc:
+                errors.append(f"{address}: {exc}")
+                continue
+            finally:
+                wire.close()
+            if shards is None:
+                if "cluster support disabled" in str(reply):
+                    raise InvalidArgument(
+                        f"{address} is a standalone Redis server, not a node of a cluster: "
+                        "connect with redis:// (or rediss://)"
+                    )
+                errors.append(f"{address}: {reply}")
+                continue
+            if shards:
+                return shards
+            errors.append(f"{address}: no slot is served")
+        raise BrokerUnavailable(
+            "no node of the Redis cluster told its slot map: " + "; ".join(errors)
+        )
+
+    def _apply(self, shards: list[_Shard]) -> None:
+        slots: list[Client | None] = [None] * SLOTS
+        for shard in shards:
+            node = self._node(shard.host, shard.port)
+            for start, end in shard.ranges:
+                for slot in range(start, end + 1):
+                    slots[slot] = node
+        self._slots = slots
+
+    def _schedule_refresh(self) -> None:
+        if self._closed or (self._refreshing is not None and not self._refreshing.done()):
+            self._refresh_due = True
+            return
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        while not self._closed:
+            self._refresh_due = False
+            with contextlib.suppress(Exception):
+                self._apply(await self._read_map())
+            if not self._refresh_due:
+                return
+            await anyio.sleep(0.1)  # MOVED keeps coming: read the map again, not in a spin
+
+
+class ClusterNotes:
+    """One :class:`Notes` connection per primary; channels subscribed where their slot is."""
+
+    def __init__(
+        self,
+        client: ClusterClient,
+        channel: str,
+        on_note: Callable[[bytes], None],
+        on_connect: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self._on_note = on_note
+        self._on_connect = on_connect
+        self._notes: dict[Client, Notes] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def live(self) -> bool:
+        return all(notes.live for notes in self._notes.values())
+
+    async def start(self, task_group: anyio.abc.TaskGroup) -> None:
+        self._task_group = task_group
+        for index, node in enumerate(self._client.nodes):
+            await self._start(node, index)
+
+    async def _start(self, node: Client, index: int) -> Notes:
+        # The broker's own channel once (scripts PUBLISH to it: the bus brings it to every
+        # node); on the other primaries a channel of theirs nobody publishes to.
+        channel = self._channel if index == 0 else f"{self._channel}:{index}"
+        notes = Notes(node, channel, self._on_note, self._on_connect)
+        self._notes[node] = notes
+        assert self._task_group is not None
+        await notes.start(self._task_group)
+        return notes
+
+    async def _notes_of(self, channel: str) -> Notes:
+        node = self._client._route(channel)
+        notes = self._notes.get(node)
+        if notes is None:
+            notes = await self._start(node, len(self._notes))
+        return notes
+
+    async def listen(
+        self, channel: str, handler: Callable[[bytes], None], *, sharded: bool = False
+    ) -> None:
+        notes = await self._notes_of(channel) if sharded else next(iter(self._notes.values()))
+        await notes.listen(channel, handler, sharded=sharded)
+
+    async def forget(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        for notes in self._notes.values():
+            await notes.forget(channel, handler)
+
+    async def sync(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for notes in list(self._notes.values()):
+                tg.start_soon(notes.sync)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for notes in self._notes.values():
+            await notes.aclose()
+
+
+#: What the backend's topics and members send their calls through.
+Commands: TypeAlias = Client | ClusterClient
