@@ -8,6 +8,7 @@ a cluster node when it connects, in words, instead of failing later with a serve
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -15,6 +16,7 @@ import structlog.testing
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 from redis_support import RedisCluster, RedisServer, fresh_namespace
+from test_voice_agent import FAST_USERS, run_example
 
 import litechan
 from litechan.testing import CHECKS, BackendFactory, redis_backend
@@ -133,3 +135,82 @@ def test_the_cluster_follows_the_model(cluster: RedisCluster) -> None:
     )
     with structlog.testing.capture_logs():
         run_state_machine_as_test(machine, settings=CLUSTER_SETTINGS)
+
+
+@asyncio_only
+@pytest.mark.timeout(120)
+async def test_publishers_subscribers_and_consumers_go_on_after_a_primary_is_killed() -> None:
+    """SIGKILL a primary under a running broker: once its replica took over, publishes and sends
+    succeed (waiting within retry), and the subscriber and the consumer that were running get
+    what is published and sent after it, through the new primary."""
+    sessions = [f"s{i}" for i in range(24)]
+    with RedisCluster(primaries=3, replicas=1) as made:
+        url = f"redis+cluster://{made.seeds}/?namespace={fresh_namespace('fo')}"
+        url += "&lite_partitions=8&retry=20&lease=2"
+        with anyio.fail_after(90):
+            async with litechan.connect(url) as broker:
+                replies = broker.lite_topics("replies")
+                audio = broker.ordered_topic("audio", partitions=4)
+                async with (
+                    replies.subscriber(group="gw", name="gw-1") as sub,
+                    audio.consumer(group="asr", name="w1") as consumer,
+                ):
+                    for session in sessions:
+                        await sub.subscribe(session)
+                        await replies.publish(session, b"before")
+                        await audio.send(session, b"before")
+                    await _take_until(sub, {(s, b"before") for s in sessions})
+                    await _take_until(consumer, {(s, b"before") for s in sessions})
+                    victim = made.primary_nodes()[0]
+                    victim.kill()
+                    for session in sessions:
+                        await replies.publish(session, b"after")
+                        await audio.send(session, b"after")
+                    await _take_until(sub, {(s, b"after") for s in sessions})
+                    await _take_until(consumer, {(s, b"after") for s in sessions})
+        assert not victim.running
+        assert len(made.primary_nodes()) == 3  # the victim's replica took over
+
+
+async def _take_until(
+    view: litechan.Subscriber | litechan.Consumer, wanted: set[tuple[str, bytes]]
+) -> None:
+    """Read *view*, acking, until every (session, payload) of *wanted* was delivered (other
+    messages, such as redeliveries of earlier ones, may come between)."""
+    missing = set(wanted)
+    async for message in view:
+        key = message.lite_topic if isinstance(message, litechan.LiteMessage) else message.key
+        missing.discard((key, message.payload))
+        await message.ack()
+        if not missing:
+            return
+
+
+@pytest.mark.timeout(240)
+def test_the_voice_agent_on_the_cluster_survives_a_killed_gateway_and_worker(
+    tmp_path: Path, cluster: RedisCluster
+) -> None:
+    """The voice agent with --backend redis+cluster:// and --chaos (a gateway and a worker
+    SIGKILLed mid-run) ends with nothing lost, misrouted or out of order."""
+    report, printed = run_example(
+        tmp_path,
+        "--backend",
+        f"redis+cluster://{cluster.seeds}/?lite_partitions=8",
+        "--chaos",
+        "--sessions",
+        "16",
+        "--turns",
+        "4",
+        *FAST_USERS,
+        timeout=210,
+    )
+    tally = report["tally"]
+    assert len(report["chaos"]) == 2
+    assert tally["turns_done"] == tally["turns_expected"] == 64
+    assert (tally["lost"], tally["misrouted"], tally["out_of_order"], tally["corrupt"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert "OK: nothing lost, misrouted or out of order" in printed

@@ -270,6 +270,8 @@ class Client(Backpressure):
         #: Where a node of a cluster hands a call answered MOVED or ASK (with the error's text),
         #: instead of failing it; None on a standalone server.
         self.redirect: Callable[[_Call, str], None] | None = None
+        #: Told when an outage begins (a cluster reads its slot map again: a failover?).
+        self.on_down: Callable[[], None] | None = None
         self._queue: deque[_Call] = deque()
         self._has_work = asyncio.Event()
         self._wire: Wire | None = None
@@ -496,6 +498,18 @@ class Client(Backpressure):
         if not self._has_work.is_set():
             self._has_work.set()
 
+    @property
+    def down(self) -> bool:
+        """Whether the server does not serve now (an outage is going on)."""
+        return self._down_since is not None or self._wire is None
+
+    def take_calls(self) -> list[_Call]:
+        """Hand over every call not answered yet, in order (its node no longer serves them)."""
+        calls = [*self._refused, *self._in_flight, *self._queue]
+        self._refused, self._in_flight, self._queue = [], deque(), deque()
+        self._batches.clear()
+        return calls
+
     def _requeue_tail(self, call: _Call) -> None:
         if call.script is not None:
             script, args = call.script
@@ -706,6 +720,8 @@ class Client(Backpressure):
         if self._down_since is None:
             self._down_since = time.monotonic()
             logger.warning(event, server=self.server, error=error)
+            if self.on_down is not None:
+                self.on_down()
         elif error != self._last_error:
             logger.warning("litechan.redis.still_unavailable", server=self.server, error=error)
         self._last_error = error

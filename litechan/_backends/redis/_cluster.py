@@ -95,6 +95,7 @@ class ClusterClient(Backpressure):
         self._scripts: dict[str, Script] = {}
         self._reconnect_callbacks: list[Callable[[], None]] = []
         self._node_callbacks: list[Callable[[Client], None]] = []
+        self._map_callbacks: list[Callable[[], None]] = []
         self._task_group: anyio.abc.TaskGroup | None = None
         self._refresh_due = False
         self._refreshing: asyncio.Task[None] | None = None
@@ -143,6 +144,14 @@ class ClusterClient(Backpressure):
     def on_node(self, callback: Callable[[Client], None]) -> None:
         """Call *callback* with the client of each primary found from now on."""
         self._node_callbacks.append(callback)
+
+    def on_map(self, callback: Callable[[], None]) -> None:
+        """Call *callback* each time primaries left the slot map (a failover)."""
+        self._map_callbacks.append(callback)
+
+    def primary_of(self, key: Arg) -> Client:
+        """The client of the primary that serves *key*'s slot now."""
+        return self._route(key)
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Read the slot map from a seed and connect to every primary (raising what failed)."""
@@ -254,13 +263,13 @@ class ClusterClient(Backpressure):
         node = self._nodes.get((host, port))
         if node is not None:
             return node
-        endpoint = attrs.evolve(self._seeds[0], host=host, port=port)
-        node = Client(self._options, endpoint)
+        node = Client(self._options, self._endpoint(host, port))
         for script in self._scripts.values():
             node.register(script)
         for callback in self._reconnect_callbacks:
             node.on_reconnect(callback)
         node.redirect = self._redirected
+        node.on_down = self._schedule_refresh
         self._nodes[(host, port)] = node
         if start and self._task_group is not None:  # found by a redirect or a new map
             self._task_group.start_soon(self._start_node, node)
@@ -296,11 +305,17 @@ class ClusterClient(Backpressure):
 
     # -- the slot map ----------------------------------------------------------------------------
 
+    def _endpoint(self, host: str, port: int) -> Endpoint:
+        """How to reach the node at *host*:*port*: the first seed's credentials and TLS, the
+        certificate checked against the node's own name."""
+        seed = self._seeds[0]
+        checked = seed.server_hostname is not None
+        return attrs.evolve(seed, host=host, port=port, server_hostname=host if checked else None)
+
     async def _read_map(self) -> list[_Shard]:
         """The primaries and their slots, from the first node that answers."""
         candidates = [
-            (node.server, attrs.evolve(self._seeds[0], host=h, port=p))
-            for (h, p), node in self._nodes.items()
+            (node.server, self._endpoint(host, port)) for (host, port), node in self._nodes.items()
         ]
         candidates += [(seed.address, seed) for seed in self._seeds]
         errors = []
@@ -348,6 +363,30 @@ class ClusterClient(Backpressure):
                 for slot in range(start, end + 1):
                     slots[slot] = node
         self._slots = slots
+        serving = {(shard.host, shard.port) for shard in shards}
+        gone = [address for address in self._nodes if address not in serving]
+        if not gone:
+            return
+        # Primaries that serve no slot any more (failed over, or removed): what they still
+        # had to send goes to the nodes that serve its slots now, at least once, as after a
+        # reconnect; then whoever tracks calls in doubt is told, as after a reconnect.
+        calls: list[_Call] = []
+        for address in gone:
+            node = self._nodes.pop(address)
+            calls.extend(node.take_calls())
+            logger.warning("litechan.redis.primary_gone", server=node.server)
+            if self._task_group is not None:
+                self._task_group.start_soon(node.aclose)
+        for call in calls:
+            target = self._route(call.script[1][1]) if call.script is not None else self._any()
+            target.adopt(call)
+        for callback in list(self._map_callbacks):
+            callback()
+        for callback in list(self._reconnect_callbacks):
+            try:
+                callback()
+            except Exception:
+                logger.exception("litechan.redis.reconnect_callback_failed")
 
     def _schedule_refresh(self) -> None:
         if self._closed or (self._refreshing is not None and not self._refreshing.done()):
@@ -356,13 +395,16 @@ class ClusterClient(Backpressure):
         self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
 
     async def _refresh(self) -> None:
+        # Read the map until nothing asks for it again and every primary in it serves: a
+        # primary down is failed over by the cluster within its node timeout, and the map
+        # shows its replica then.
         while not self._closed:
             self._refresh_due = False
             with contextlib.suppress(Exception):
                 self._apply(await self._read_map())
-            if not self._refresh_due:
+            if not self._refresh_due and not any(n.down for n in self._nodes.values()):
                 return
-            await anyio.sleep(0.1)  # MOVED keeps coming: read the map again, not in a spin
+            await anyio.sleep(0.25)
 
 
 class ClusterNotes:
@@ -380,8 +422,10 @@ class ClusterNotes:
         self._on_note = on_note
         self._on_connect = on_connect
         self._notes: dict[Client, Notes] = {}
+        self._main: Notes | None = None  # the one subscribed to the broker's own channel
         self._task_group: anyio.abc.TaskGroup | None = None
         self._closed = False
+        client.on_map(self._map_changed)
 
     @property
     def closed(self) -> bool:
@@ -389,49 +433,88 @@ class ClusterNotes:
 
     @property
     def live(self) -> bool:
-        return all(notes.live for notes in self._notes.values())
+        return all(notes.live for notes in self._all())
+
+    def _all(self) -> list[Notes]:
+        main = [self._main] if self._main is not None else []
+        return [*main, *self._notes.values()]
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         self._task_group = task_group
-        for index, node in enumerate(self._client.nodes):
-            await self._start(node, index)
+        await self._start_main()
 
-    async def _start(self, node: Client, index: int) -> Notes:
-        # The broker's own channel once (scripts PUBLISH to it: the bus brings it to every
-        # node); on the other primaries a channel of theirs nobody publishes to.
-        channel = self._channel if index == 0 else f"{self._channel}:{index}"
-        notes = Notes(node, channel, self._on_note, self._on_connect)
-        self._notes[node] = notes
+    async def _start_main(self) -> None:
+        # The broker's own channel, on one primary: scripts PUBLISH to it, and the cluster bus
+        # brings that to every node.
+        node = self._client._any()
+        notes = Notes(node, self._channel, self._on_note, self._on_connect)
         assert self._task_group is not None
         await notes.start(self._task_group)
-        return notes
+        self._main = notes
 
     async def _notes_of(self, channel: str) -> Notes:
-        node = self._client._route(channel)
+        node = self._client.primary_of(channel)
         notes = self._notes.get(node)
         if notes is None:
-            notes = await self._start(node, len(self._notes))
+            # A connection for the sharded channels of this primary's slots; its own channel
+            # is one nobody publishes to.
+            notes = Notes(node, f"{self._channel}:{len(self._notes)}", _drop, self._on_connect)
+            self._notes[node] = notes
+            assert self._task_group is not None
+            await notes.start(self._task_group)
         return notes
 
     async def listen(
         self, channel: str, handler: Callable[[bytes], None], *, sharded: bool = False
     ) -> None:
-        notes = await self._notes_of(channel) if sharded else next(iter(self._notes.values()))
+        if sharded:
+            notes = await self._notes_of(channel)
+        else:
+            assert self._main is not None
+            notes = self._main
         await notes.listen(channel, handler, sharded=sharded)
 
     async def forget(self, channel: str, handler: Callable[[bytes], None]) -> None:
-        for notes in self._notes.values():
+        for notes in self._all():
             await notes.forget(channel, handler)
 
     async def sync(self) -> None:
         async with anyio.create_task_group() as tg:
-            for notes in list(self._notes.values()):
+            for notes in self._all():
                 tg.start_soon(notes.sync)
 
     async def aclose(self) -> None:
         self._closed = True
-        for notes in self._notes.values():
+        for notes in self._all():
             await notes.aclose()
+
+    def _map_changed(self) -> None:
+        if not self._closed and self._task_group is not None:
+            self._task_group.start_soon(self._rehome)
+
+    async def _rehome(self) -> None:
+        """Move what was subscribed on primaries that left the map to those serving now, then
+        let the members read what notes may have been lost meanwhile."""
+        live = set(self._client.nodes)
+        moved: list[tuple[str, Callable[[bytes], None], bool]] = []
+        for node, notes in list(self._notes.items()):
+            if node not in live:
+                del self._notes[node]
+                moved.extend(notes.subscriptions())
+                await notes.aclose()
+        main = self._main
+        if main is not None and main.client not in live:
+            moved.extend(main.subscriptions())
+            await main.aclose()
+            await self._start_main()
+        for channel, handler, sharded in moved:
+            await self.listen(channel, handler, sharded=sharded)
+        if moved or main is not self._main:
+            await self._on_connect(False)
+
+
+def _drop(note: bytes) -> None:
+    """What arrives on a channel nobody publishes to (nothing)."""
 
 
 #: What the backend's topics and members send their calls through.

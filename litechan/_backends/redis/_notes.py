@@ -93,6 +93,19 @@ class Notes:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def client(self) -> Client:
+        """The client whose server this reader subscribes on."""
+        return self._client
+
+    def subscriptions(self) -> list[tuple[str, Callable[[bytes], None], bool]]:
+        """Every ``(channel, handler, sharded)`` listened to (its own channel aside)."""
+        return [
+            (channel.decode(), handler, channel in self._sharded)
+            for channel, handlers in self._handlers.items()
+            for handler in handlers
+        ]
+
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Connect and subscribe (raising what went wrong), then read in the background."""
         try:
