@@ -19,6 +19,8 @@ from redis_support import RedisCluster, RedisServer, fresh_namespace
 from test_voice_agent import FAST_USERS, run_example
 
 import litechan
+from litechan._backends.redis._lite import partition_of
+from litechan._backends.redis._slots import key_slot, partition_tags
 from litechan.testing import CHECKS, BackendFactory, redis_backend
 from litechan.testing.model import make_state_machine
 
@@ -214,3 +216,71 @@ def test_the_voice_agent_on_the_cluster_survives_a_killed_gateway_and_worker(
         0,
     )
     assert "OK: nothing lost, misrouted or out of order" in printed
+
+
+def _migrate_slot(cluster: RedisCluster, slot: int) -> None:
+    """Move *slot* to another primary the way ``redis-cli --cluster reshard`` does: IMPORTING
+    and MIGRATING, MIGRATE of its keys two at a time (calls meanwhile get ASK), then the new
+    owner announced to every primary (MOVED from then on)."""
+    primaries = cluster.primary_nodes()
+    with cluster.client(primaries[0]) as client:
+        ranges = client.execute_command("CLUSTER", "SLOTS")
+    port = next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
+    owner = next(node for node in primaries if node.port == port)
+    target = next(node for node in primaries if node is not owner)
+    with cluster.client(owner) as source, cluster.client(target) as destination:
+        source_id = source.execute_command("CLUSTER", "MYID").decode()
+        target_id = destination.execute_command("CLUSTER", "MYID").decode()
+        destination.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 2):
+            source.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+        for node in primaries:
+            with cluster.client(node) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+@asyncio_only
+@pytest.mark.timeout(120)
+async def test_a_slot_migrated_under_traffic_loses_nothing_and_keeps_order(
+    cluster: RedisCluster,
+) -> None:
+    """Moving the slot of a session's lite topic to another primary while it is published to
+    and read: every message arrives, in order, without waiting for the topic's TTL (its notes
+    follow the slot), and publishes go on through ASK and MOVED."""
+    namespace = fresh_namespace("mig")
+    url = f"redis+cluster://{cluster.seeds}/?namespace={namespace}&lite_partitions=8&retry=20"
+    session = "s-migrating"
+    tags = partition_tags(f"{namespace}:l:replies", 8)
+    slot = key_slot(tags[partition_of(session, 8)])
+    published: list[bytes] = []
+    with anyio.fail_after(60):
+        async with litechan.connect(url) as broker:
+            replies = broker.lite_topics("replies", ttl=3600)
+            async with replies.subscriber(group="gw", name="gw-1") as sub:
+                channel = await sub.subscribe(session)
+                migrated = anyio.Event()
+
+                async def publish_until_migrated() -> None:
+                    while not migrated.is_set() or len(published) < 50:
+                        payload = str(len(published)).encode()
+                        await replies.publish(session, payload)
+                        published.append(payload)
+                    await replies.publish(session, b"end")
+                    published.append(b"end")
+
+                async def migrate() -> None:
+                    await anyio.to_thread.run_sync(_migrate_slot, cluster, slot)
+                    migrated.set()
+
+                got: list[bytes] = []
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(publish_until_migrated)
+                    tg.start_soon(migrate)
+                    async for message in channel:
+                        got.append(message.payload)
+                        await message.ack()
+                        if message.payload == b"end":
+                            break
+                assert got == published
+                assert await replies.publish(session, b"last") == len(published) + 1

@@ -388,6 +388,11 @@ class ClusterClient(Backpressure):
             except Exception:
                 logger.exception("litechan.redis.reconnect_callback_failed")
 
+    async def read_map(self) -> None:
+        """Read the slot map now (a slot moved)."""
+        with contextlib.suppress(Exception):
+            self._apply(await self._read_map())
+
     def _schedule_refresh(self) -> None:
         if self._closed or (self._refreshing is not None and not self._refreshing.done()):
             self._refresh_due = True
@@ -459,6 +464,7 @@ class ClusterNotes:
             # A connection for the sharded channels of this primary's slots; its own channel
             # is one nobody publishes to.
             notes = Notes(node, f"{self._channel}:{len(self._notes)}", _drop, self._on_connect)
+            notes.on_moved = self._moved
             self._notes[node] = notes
             assert self._task_group is not None
             await notes.start(self._task_group)
@@ -487,6 +493,22 @@ class ClusterNotes:
         self._closed = True
         for notes in self._all():
             await notes.aclose()
+
+    def _moved(self, channel: str) -> None:
+        if not self._closed and self._task_group is not None:
+            self._task_group.start_soon(self._follow, channel)
+
+    async def _follow(self, channel: str) -> None:
+        """*channel*'s slot moved: subscribe it on the node that serves it now, and let the
+        members read what they own (notes published meanwhile went nowhere)."""
+        await self._client.read_map()
+        handlers: list[Callable[[bytes], None]] = []
+        for notes in list(self._notes.values()):
+            handlers.extend(notes.drop(channel))
+        for handler in handlers:
+            await self.listen(channel, handler, sharded=True)
+        if handlers:
+            await self._on_connect(False)
 
     def _map_changed(self) -> None:
         if not self._closed and self._task_group is not None:

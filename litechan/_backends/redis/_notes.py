@@ -88,6 +88,9 @@ class Notes:
         self._waiting: list[anyio.Event] = []
         #: A link is up and reconciled: every note published to the broker arrives.
         self.live = False
+        #: Told the name of a sharded channel the server unsubscribed this reader from (a
+        #: cluster moved its slot); None: such a channel is ignored.
+        self.on_moved: Callable[[str], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -97,6 +100,13 @@ class Notes:
     def client(self) -> Client:
         """The client whose server this reader subscribes on."""
         return self._client
+
+    def drop(self, channel: str) -> list[Callable[[bytes], None]]:
+        """Stop listening to *channel* here, without telling the server (it already stopped
+        sending it); return its handlers."""
+        key = channel.encode()
+        self._sharded.discard(key)
+        return self._handlers.pop(key, [])
 
     def subscriptions(self) -> list[tuple[str, Callable[[bytes], None], bool]]:
         """Every ``(channel, handler, sharded)`` listened to (its own channel aside)."""
@@ -258,6 +268,11 @@ class Notes:
                     event = self._pings.popleft()
                     if event is not None:
                         event.set()
+                continue
+            if kind == b"sunsubscribe" and reply[1] in handlers and self.on_moved is not None:
+                # Not asked for (forget() drops the handlers first): the channel's slot moved
+                # to another node of the cluster, which publishes its notes from now on.
+                self.on_moved(reply[1].decode())
                 continue
             if kind != b"message" and kind != b"smessage":
                 continue  # (un)subscribe confirmations
