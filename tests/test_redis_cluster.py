@@ -284,3 +284,55 @@ async def test_a_slot_migrated_under_traffic_loses_nothing_and_keeps_order(
                             break
                 assert got == published
                 assert await replies.publish(session, b"last") == len(published) + 1
+
+
+def _primary_and_replica(cluster: RedisCluster, slot: int) -> tuple[RedisServer, RedisServer]:
+    """The primary serving *slot* now and its replica."""
+    with cluster.client(cluster.primary_nodes()[0]) as client:
+        ranges = client.execute_command("CLUSTER", "SLOTS")
+    port = next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
+    primary = next(node for node in cluster.nodes if node.port == port)
+    for node in cluster.nodes:
+        with cluster.client(node) as client:
+            role = client.execute_command("ROLE")
+        if role[0] == b"slave" and int(role[2]) == port:
+            return primary, node
+    raise AssertionError(f"no replica of the primary on port {port}")
+
+
+@asyncio_only
+@pytest.mark.timeout(120)
+async def test_with_replicas_an_acked_publish_survives_its_primary() -> None:
+    """?replicas=1: a publish returns once a replica has it; with that replica paused it
+    raises BrokerUnavailable within replicas_wait instead; after the primary is SIGKILLed, the
+    replica that takes over holds every publish that returned, in order."""
+    namespace = fresh_namespace("durable")
+    session = "s-durable"
+    with RedisCluster(primaries=3, replicas=1) as made:
+        url = f"redis+cluster://{made.seeds}/?namespace={namespace}&lite_partitions=8"
+        url += "&replicas=1&replicas_wait=0.5&retry=20"
+        slot = key_slot(partition_tags(f"{namespace}:l:replies", 8)[partition_of(session, 8)])
+        primary, replica = _primary_and_replica(made, slot)
+        with anyio.fail_after(90):
+            async with litechan.connect(url) as broker:
+                replies = broker.lite_topics("replies", ttl=3600)
+                await replies.publish(session, b"warm")
+                replica.pause()
+                try:
+                    with pytest.raises(litechan.BrokerUnavailable, match="replicas"):
+                        await replies.publish(session, b"unreplicated")
+                finally:
+                    replica.resume()
+                made.wait_ok()
+                durable = [f"d{i}".encode() for i in range(20)]
+                for payload in durable:
+                    await replies.publish(session, payload)
+                primary.kill()
+                async with replies.subscriber(group="gw", name="gw-1") as sub:
+                    channel = await sub.subscribe(session, start="earliest")
+                    got: list[bytes] = []
+                    async for message in channel:
+                        got.append(message.payload)
+                        if message.payload == durable[-1]:
+                            break
+        assert [payload for payload in got if payload in durable] == durable

@@ -110,12 +110,19 @@ class Script:
     cluster needs) and ``PUBLISH`` on 6.2.
     """
 
-    __slots__ = ("flagged", "name", "sha", "sha_plain", "source")
+    __slots__ = ("flagged", "name", "sha", "sha_plain", "source", "stores_messages")
 
     def __init__(
-        self, name: str, source: str, *, flags: Literal["", "allow-oom", "no-writes"]
+        self,
+        name: str,
+        source: str,
+        *,
+        flags: Literal["", "allow-oom", "no-writes"],
+        stores_messages: bool = False,
     ) -> None:
         self.name = name
+        #: Publishes and sends: with the ``replicas`` option their replies wait for WAIT.
+        self.stores_messages = stores_messages
         self.source = source.replace("@PUBLISH@", "PUBLISH")
         shebang = f"#!lua flags={flags}" if flags else "#!lua"
         self.flagged = f"{shebang}\n{source.replace('@PUBLISH@', 'SPUBLISH')}"
@@ -294,6 +301,10 @@ class Client(Backpressure):
         self._sent = asyncio.Event()  # a batch was written: the reader has replies to wait for
         self._refused: list[_Call] = []
         self._refusal = ""
+        #: With ``replicas``: stores answered, held until the WAIT written after them answers.
+        self._replicating: list[tuple[_Call, Any]] = []
+        self._replicas = options.replicas
+        self._wait = pack(("WAIT", options.replicas, round(options.replicas_wait * 1000)))
         self.connected = asyncio.Event()
         #: Publishes and sends accepted and not answered yet (bounded by max_pending).
         self.pending = 0
@@ -622,7 +633,11 @@ class Client(Backpressure):
                 await self._run_link(self._wire)
                 backoff = _BACKOFF_MIN
             except Exception as exc:  # every failure is an outage: wait, try again
-                self._requeue([*self._refused, *self._in_flight])
+                # Stores answered but not known to be on the replicas go again, as calls whose
+                # reply was lost do (at least once).
+                held = [call for call, _ in self._replicating]
+                self._replicating = []
+                self._requeue([*held, *self._refused, *self._in_flight])
                 self._refused, self._in_flight = [], deque()
                 self._batches.clear()
                 if isinstance(exc, TransientReply) and not str(exc).startswith("NOSCRIPT"):
@@ -653,6 +668,8 @@ class Client(Backpressure):
                 await self._room.wait()
                 continue
             batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+            if self._replicas and any(_stores(call) for call in batch):
+                batch.append(_Call(self._wait, None, math.inf, None, self._replicated))
             self._in_flight.extend(batch)
             self._batches.append(len(batch))
             self._sent.set()
@@ -752,7 +769,28 @@ class Client(Backpressure):
                 call.packed = pack(("EVALSHA", sha, *args))
         self._queue.extendleft(reversed(calls))
 
+    def _replicated(self, outcome: Any) -> None:
+        """The WAIT written after stores answered: they end now, stored on enough replicas, or
+        failed (BrokerUnavailable: stored on the primary, maybe not on a replica)."""
+        held, self._replicating = self._replicating, []
+        wanted = self._options.replicas
+        if isinstance(outcome, int) and outcome >= wanted:
+            for call, reply in held:
+                call.end(reply)
+            return
+        error = BrokerUnavailable(
+            f"Redis at {self.server}: {outcome if isinstance(outcome, int) else 'no'} of the "
+            f"{wanted} replicas asked for (the replicas option) acknowledged the write within "
+            f"replicas_wait ({self._options.replicas_wait} s); it is on the primary and may "
+            "be lost in a failover"
+        )
+        for call, _ in held:
+            call.end(error)
+
     def _resolve(self, call: _Call, reply: Any) -> None:
+        if self._replicas and _stores(call) and not isinstance(reply, ReplyError):
+            self._replicating.append((call, reply))  # ends with the WAIT after it
+            return
         if isinstance(reply, ReplyError):
             what = f"Redis ({call.script[0].name})" if call.script is not None else "Redis"
             error = reply_error(reply, what)
@@ -785,6 +823,11 @@ class Client(Backpressure):
 async def gather_replies(futures: Sequence[asyncio.Future[Any]]) -> list[Any]:
     """The replies of *futures*, in order; a failed call's error as an exception object."""
     return list(await asyncio.gather(*futures, return_exceptions=True))
+
+
+def _stores(call: _Call) -> bool:
+    """Whether *call* stores messages (a publish or a send)."""
+    return call.script is not None and call.script[0].stores_messages
 
 
 def _ignore(outcome: Any) -> None:

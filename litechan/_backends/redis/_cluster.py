@@ -458,17 +458,30 @@ class ClusterNotes:
         self._main = notes
 
     async def _notes_of(self, channel: str) -> Notes:
-        node = self._client.primary_of(channel)
-        notes = self._notes.get(node)
-        if notes is None:
+        """The notes connection of the primary serving *channel*'s slot (opened if need be;
+        while that primary does not answer, the map is read again until one does, within
+        ``retry``: a failover)."""
+        deadline = time.monotonic() + self._client.options.retry
+        while True:
+            node = self._client.primary_of(channel)
+            notes = self._notes.get(node)
+            if notes is not None:
+                return notes
             # A connection for the sharded channels of this primary's slots; its own channel
             # is one nobody publishes to.
             notes = Notes(node, f"{self._channel}:{len(self._notes)}", _drop, self._on_connect)
             notes.on_moved = self._moved
-            self._notes[node] = notes
             assert self._task_group is not None
-            await notes.start(self._task_group)
-        return notes
+            try:
+                await notes.start(self._task_group)
+            except BrokerUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await anyio.sleep(0.25)  # the cluster fails the primary over meanwhile
+                await self._client.read_map()
+                continue
+            self._notes[node] = notes
+            return notes
 
     async def listen(
         self, channel: str, handler: Callable[[bytes], None], *, sharded: bool = False

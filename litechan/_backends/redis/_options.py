@@ -85,6 +85,10 @@ class RedisOptions:
     max_pending: int = 100_000
     #: How long a publish or send waits for room under ``max_pending`` before Overloaded.
     pending_wait: float = 1.0
+    #: Replicas that must have a publish or send (WAIT) before it returns; 0: none.
+    replicas: int = 0
+    #: How long a batch's WAIT may take before its publishes and sends raise.
+    replicas_wait: float = 1.0
 
 
 _FLOATS: Final = {
@@ -93,6 +97,7 @@ _FLOATS: Final = {
     "lease": (0.2, 3600.0),
     "retry": (0.0, 3600.0),
     "pending_wait": (0.0, 3600.0),
+    "replicas_wait": (0.001, 3600.0),
 }
 
 #: Connection options of the query string (the names redis-py uses for them).
@@ -139,6 +144,8 @@ def parse_url(url: SplitResult) -> RedisOptions:
             values[name] = _int(name, raw, 1, 1024)
         elif name == "max_pending":
             values[name] = _int(name, raw, 1, 1_000_000_000)
+        elif name == "replicas":
+            values[name] = _int(name, raw, 0, 100)
         elif name in _FLOATS:
             low, high = _FLOATS[name]
             values[name] = _float(name, raw, low, high)

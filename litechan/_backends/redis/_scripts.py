@@ -268,6 +268,7 @@ end
 return out
 """,
     flags="",
+    stores_messages=True,
 )
 
 # KEYS: meta, list, the subscriber's commit key. ARGV: group, token, start ('committed'|
@@ -561,6 +562,7 @@ end
 return out
 """,
     flags="",
+    stores_messages=True,
 )
 
 # KEYS: members zset, rebalance channel name (not a key: passed as ARGV). ARGV: token,
