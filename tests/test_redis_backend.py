@@ -50,6 +50,7 @@ async def _round_trip(url: str) -> None:
         ("replicas=-1", "replicas"),
         ("replicas=101", "replicas"),
         ("replicas_wait=0", "replicas_wait"),
+        ("replicas=1&replicas_wait=20", "shorter than socket_timeout"),
         ("acks=maybe", "acks"),
         ("namespace=a:b", "namespace"),
     ],

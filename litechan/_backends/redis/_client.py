@@ -338,7 +338,11 @@ class Client(Backpressure):
         ended): replies may be missing, calls may have failed. Returns a function that removes
         it."""
         self._reconnect_callbacks.append(callback)
-        return lambda: self._reconnect_callbacks.remove(callback)
+        return lambda: self.remove_reconnect(callback)
+
+    def remove_reconnect(self, callback: Callable[[], None]) -> None:
+        """Stop calling *callback* (ValueError if it was not registered)."""
+        self._reconnect_callbacks.remove(callback)
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Connect once (so a wrong URL fails at ``connect``), then start the flusher."""
@@ -346,6 +350,11 @@ class Client(Backpressure):
             self._wire = await self._connect()
         except Exception as exc:
             raise translate(exc, f"connecting to {self.server}") from None
+        task_group.start_soon(self._flush_forever)
+
+    def run_in(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Start the flusher without connecting first: it connects, and retries, itself (a
+        cluster node found by a redirect or a new slot map)."""
         task_group.start_soon(self._flush_forever)
 
     def closing(self) -> None:
@@ -361,13 +370,16 @@ class Client(Backpressure):
         return None
 
     async def aclose(self) -> None:
+        self._stop()
+        self._fail_queued(BrokerUnavailable("the broker was closed"))
+
+    def _stop(self) -> None:
         self._closed = True
         self._has_work.set()
         self._flusher_scope.cancel()
         wire, self._wire = self._wire, None
         if wire is not None:
             wire.close()
-        self._fail_queued(BrokerUnavailable("the broker was closed"))
 
     def _fail_queued(self, error: LitechanError) -> None:
         # What waits in hooks for the next batch is queued first (refused at once: closed).
@@ -515,11 +527,18 @@ class Client(Backpressure):
         return self._down_since is not None or self._wire is None
 
     def take_calls(self) -> list[_Call]:
-        """Hand over every call not answered yet, in order (its node no longer serves them)."""
-        calls = [*self._refused, *self._in_flight, *self._queue]
-        self._refused, self._in_flight, self._queue = [], deque(), deque()
+        """Stop, and hand over every call not answered yet, in order (this node no longer
+        serves their slots): stores whose WAIT did not answer, refused, written, queued. The
+        WAITs stay: the node they go to writes its own."""
+        self._stop()
+        calls = [call for call, _ in self._replicating]
+        calls += [*self._refused, *self._in_flight, *self._queue]
+        self._replicating = []
+        self._refused.clear()
+        self._in_flight.clear()
+        self._queue.clear()
         self._batches.clear()
-        return calls
+        return [call for call in calls if call.on_done != self._replicated]
 
     def _requeue_tail(self, call: _Call) -> None:
         if call.script is not None:

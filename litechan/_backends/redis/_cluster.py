@@ -139,7 +139,14 @@ class ClusterClient(Backpressure):
         self._reconnect_callbacks.append(callback)
         for node in self._nodes.values():
             node.on_reconnect(callback)
-        return lambda: self._reconnect_callbacks.remove(callback)
+
+        def remove() -> None:
+            self._reconnect_callbacks.remove(callback)
+            for node in self._nodes.values():  # those found since were given it too
+                with contextlib.suppress(ValueError):
+                    node.remove_reconnect(callback)
+
+        return remove
 
     def on_node(self, callback: Callable[[Client], None]) -> None:
         """Call *callback* with the client of each primary found from now on."""
@@ -272,20 +279,20 @@ class ClusterClient(Backpressure):
         node.on_down = self._schedule_refresh
         self._nodes[(host, port)] = node
         if start and self._task_group is not None:  # found by a redirect or a new map
-            self._task_group.start_soon(self._start_node, node)
+            self._start_node(node)
         for found in self._node_callbacks:
             found(node)
         return node
 
-    async def _start_node(self, node: Client) -> None:
-        try:
-            await node.start(self._task_group)  # type: ignore[arg-type]
-        except Exception as exc:
-            logger.warning("litechan.redis.node_unreachable", server=node.server, error=str(exc))
-            self._schedule_refresh()
+    def _start_node(self, node: Client) -> None:
+        assert self._task_group is not None
+        node.run_in(self._task_group)  # it connects, retries and expires calls itself
 
     def _redirected(self, call: _Call, error: str) -> None:
         """A node answered *call* ``MOVED slot host:port`` or ``ASK slot host:port``."""
+        if self._closed:
+            call.end(BrokerUnavailable("the broker's Redis connections are closed"))
+            return
         kind, slot, address = error.split(" ", 2)
         host, _, port = address.rpartition(":")
         call.redirects += 1
@@ -356,6 +363,8 @@ class ClusterClient(Backpressure):
         )
 
     def _apply(self, shards: list[_Shard]) -> None:
+        if self._closed:
+            return
         slots: list[Client | None] = [None] * SLOTS
         for shard in shards:
             node = self._node(shard.host, shard.port)
@@ -373,10 +382,8 @@ class ClusterClient(Backpressure):
         calls: list[_Call] = []
         for address in gone:
             node = self._nodes.pop(address)
-            calls.extend(node.take_calls())
+            calls.extend(node.take_calls())  # and stops it: nothing more goes out there
             logger.warning("litechan.redis.primary_gone", server=node.server)
-            if self._task_group is not None:
-                self._task_group.start_soon(node.aclose)
         for call in calls:
             target = self._route(call.script[1][1]) if call.script is not None else self._any()
             target.adopt(call)
@@ -427,6 +434,7 @@ class ClusterNotes:
         self._on_note = on_note
         self._on_connect = on_connect
         self._notes: dict[Client, Notes] = {}
+        self._opening: dict[Client, anyio.Lock] = {}  # one connection per primary, opened once
         self._main: Notes | None = None  # the one subscribed to the broker's own channel
         self._task_group: anyio.abc.TaskGroup | None = None
         self._closed = False
@@ -451,7 +459,8 @@ class ClusterNotes:
     async def _start_main(self) -> None:
         # The broker's own channel, on one primary: scripts PUBLISH to it, and the cluster bus
         # brings that to every node.
-        node = self._client._any()
+        nodes = self._client.nodes
+        node = next((n for n in nodes if not n.down), None) or self._client._any()
         notes = Notes(node, self._channel, self._on_note, self._on_connect)
         assert self._task_group is not None
         await notes.start(self._task_group)
@@ -467,21 +476,25 @@ class ClusterNotes:
             notes = self._notes.get(node)
             if notes is not None:
                 return notes
-            # A connection for the sharded channels of this primary's slots; its own channel
-            # is one nobody publishes to.
-            notes = Notes(node, f"{self._channel}:{len(self._notes)}", _drop, self._on_connect)
-            notes.on_moved = self._moved
-            assert self._task_group is not None
-            try:
-                await notes.start(self._task_group)
-            except BrokerUnavailable:
-                if time.monotonic() >= deadline:
-                    raise
-                await anyio.sleep(0.25)  # the cluster fails the primary over meanwhile
-                await self._client.read_map()
-                continue
-            self._notes[node] = notes
-            return notes
+            lock = self._opening.setdefault(node, anyio.Lock())
+            async with lock:
+                if node in self._notes:
+                    continue  # opened by another task meanwhile
+                # A connection for the sharded channels of this primary's slots; its own
+                # channel is one nobody publishes to.
+                notes = Notes(node, f"{self._channel}:{id(node)}", _drop, self._on_connect)
+                notes.on_moved = self._moved
+                assert self._task_group is not None
+                try:
+                    await notes.start(self._task_group)
+                except BrokerUnavailable:
+                    if time.monotonic() >= deadline:
+                        raise
+                else:
+                    self._notes[node] = notes
+                    return notes
+            await anyio.sleep(0.25)  # the cluster fails the primary over meanwhile
+            await self._client.read_map()
 
     async def listen(
         self, channel: str, handler: Callable[[bytes], None], *, sharded: bool = False
@@ -514,14 +527,29 @@ class ClusterNotes:
     async def _follow(self, channel: str) -> None:
         """*channel*'s slot moved: subscribe it on the node that serves it now, and let the
         members read what they own (notes published meanwhile went nowhere)."""
-        await self._client.read_map()
         handlers: list[Callable[[bytes], None]] = []
         for notes in list(self._notes.values()):
             handlers.extend(notes.drop(channel))
-        for handler in handlers:
-            await self.listen(channel, handler, sharded=True)
         if handlers:
-            await self._on_connect(False)
+            await self._resubscribe([(channel, handler, True) for handler in handlers])
+
+    async def _resubscribe(self, moved: list[tuple[str, Callable[[bytes], None], bool]]) -> None:
+        """Listen to *moved* where their slots are now (reading the map first), then call the
+        reconnect path; on a failure, log it and try again shortly, until the broker closes."""
+        while not self._closed:
+            try:
+                await self._client.read_map()
+                if self._main is None or self._main.closed:
+                    await self._start_main()
+                while moved:
+                    channel, handler, sharded = moved[0]
+                    await self.listen(channel, handler, sharded=sharded)
+                    moved.pop(0)
+                await self._on_connect(False)
+                return
+            except Exception as exc:  # a background task must never end the broker
+                logger.warning("litechan.redis.notes_move_failed", error=str(exc))
+                await anyio.sleep(0.5)
 
     def _map_changed(self) -> None:
         if not self._closed and self._task_group is not None:
@@ -540,12 +568,9 @@ class ClusterNotes:
         main = self._main
         if main is not None and main.client not in live:
             moved.extend(main.subscriptions())
-            await main.aclose()
-            await self._start_main()
-        for channel, handler, sharded in moved:
-            await self.listen(channel, handler, sharded=sharded)
-        if moved or main is not self._main:
-            await self._on_connect(False)
+            await main.aclose()  # _resubscribe opens another on a live primary
+        if moved or (main is not None and main.closed):
+            await self._resubscribe(moved)
 
 
 def _drop(note: bytes) -> None:

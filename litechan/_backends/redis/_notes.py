@@ -33,6 +33,7 @@ import anyio.abc
 
 from ..._log import logger
 from ._client import CONNECTION_ERRORS, Client, pack, translate
+from ._replies import is_redirect
 from ._wire import LinkError, Wire
 
 __all__ = ["STALL", "Fence", "Listening", "Notes"]
@@ -197,10 +198,23 @@ class Notes:
         except BaseException:
             wire.close()
             raise
-        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        moved = [
+            channel
+            for channel, reply in zip(channels, replies, strict=True)
+            if self.on_moved is not None and is_redirect(reply)
+        ]
+        errors = [
+            reply
+            for channel, reply in zip(channels, replies, strict=True)
+            if isinstance(reply, Exception) and channel not in moved
+        ]
         if errors:
             wire.close()
             raise errors[0]
+        for channel in moved:  # its slot left this node while the link was down: follow it
+            assert self.on_moved is not None
+            self._subscribed.discard(channel)
+            self.on_moved(channel.decode())
         return wire
 
     async def _run(self, wire: Wire | None) -> None:

@@ -157,6 +157,13 @@ def parse_url(url: SplitResult) -> RedisOptions:
             raise InvalidArgument(
                 f"unknown option {name!r} in Redis URL; known options: {', '.join(known)}"
             )
+    replicas_wait = values.get("replicas_wait", 1.0)
+    socket_timeout = values.get("socket_timeout", 10.0)
+    if values.get("replicas") and replicas_wait >= socket_timeout:  # type: ignore[operator]
+        raise InvalidArgument(
+            f"Redis URL option replicas_wait ({replicas_wait} s) must be shorter than "
+            f"socket_timeout ({socket_timeout} s): a WAIT longer than it reads as a dead link"
+        )
     endpoint = _endpoint(url, connection)
     client_url = urlunsplit((url.scheme, url.netloc, url.path, urlencode(passthrough), ""))
     return RedisOptions(endpoint=endpoint, client_url=client_url, **values)  # type: ignore[arg-type]
