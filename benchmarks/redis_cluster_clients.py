@@ -113,7 +113,7 @@ def _wait_ping(port: int) -> None:
         with contextlib.suppress(redis.RedisError), redis.Redis(port=port) as client:
             if client.ping():
                 return
-        time.sleep(0.02)
+        time.sleep(0.02)  # another process starts: there is nothing to await
     raise RuntimeError(f"redis-server on {port} did not start")
 
 
@@ -123,7 +123,7 @@ def _wait_ok(port: int) -> None:
         with redis.Redis(port=port) as client:
             if b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"):
                 return
-        time.sleep(0.05)
+        time.sleep(0.05)  # the nodes converge over their bus: nothing to await
     raise RuntimeError(f"cluster node {port} not ok")
 
 

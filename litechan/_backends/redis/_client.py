@@ -220,14 +220,37 @@ class AckBatch:
             raise self._outcome
 
 
-class Backpressure:
-    """The ``max_pending`` bound on publishes and sends accepted and not answered yet, kept by
-    a :class:`Client` (or a cluster's client, over all its primaries)."""
+class Bounds:
+    """What bounds the calls of a :class:`Client` (or of a cluster's client, over all its
+    primaries): ``retry``, how long a call may wait, and ``max_pending``, how many publishes
+    and sends may wait for their answer."""
 
     _options: RedisOptions
+    _closed: bool
+    _close_by: float  # time.monotonic() by which a closing broker gives up waiting
     #: Publishes and sends accepted and not answered yet (bounded by max_pending).
     pending: int
     _roomy: asyncio.Event | None  # set when pending falls under max_pending
+
+    @property
+    def options(self) -> RedisOptions:
+        return self._options
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def closing(self) -> None:
+        """The broker is closing: what is still to be answered gets ``retry`` seconds at most."""
+        self._close_by = min(self._close_by, time.monotonic() + self._options.retry)
+
+    async def bounded(self, awaitable: Awaitable[T]) -> T | None:
+        """Await *awaitable* for at most ``retry`` seconds (less once the broker is closing);
+        ``None`` when that time ran out."""
+        limit = min(self._options.retry, self._close_by - time.monotonic())
+        with anyio.move_on_after(max(0.0, limit)):
+            return await awaitable
+        return None
 
     @property
     def server(self) -> str:
@@ -268,7 +291,7 @@ class Backpressure:
             )
 
 
-class Client(Backpressure):
+class Client(Bounds):
     """Auto-batched commands over one connection; see the module docstring."""
 
     def __init__(self, options: RedisOptions, endpoint: Endpoint | None = None) -> None:
@@ -311,14 +334,6 @@ class Client(Backpressure):
         self._roomy: asyncio.Event | None = None  # set when pending falls under max_pending
 
     @property
-    def options(self) -> RedisOptions:
-        return self._options
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def sharded(self) -> bool:
         """Whether notes use sharded pub/sub (``SSUBSCRIBE``: Redis 7), known once connected."""
         return self._flagged
@@ -356,18 +371,6 @@ class Client(Backpressure):
         """Start the flusher without connecting first: it connects, and retries, itself (a
         cluster node found by a redirect or a new slot map)."""
         task_group.start_soon(self._flush_forever)
-
-    def closing(self) -> None:
-        """The broker is closing: what is still to be answered gets ``retry`` seconds at most."""
-        self._close_by = min(self._close_by, time.monotonic() + self._options.retry)
-
-    async def bounded(self, awaitable: Awaitable[T]) -> T | None:
-        """Await *awaitable* for at most ``retry`` seconds (less once the broker is closing);
-        ``None`` when that time ran out."""
-        limit = min(self._options.retry, self._close_by - time.monotonic())
-        with anyio.move_on_after(max(0.0, limit)):
-            return await awaitable
-        return None
 
     async def aclose(self) -> None:
         self._stop()
@@ -505,9 +508,14 @@ class Client(Backpressure):
             ]
         )
 
+    def call_later(self, *args: Arg) -> asyncio.Future[Any]:
+        """Queue one command and return the future of its reply (await it, or gather it)."""
+        future: asyncio.Future[Any] = self._future(pack(args))
+        return future
+
     async def many(self, commands: Iterable[Sequence[Arg]]) -> list[Any]:
         """Run *commands* in one go and return their replies (errors as exception objects)."""
-        return await gather_replies([self._future(pack(tuple(args))) for args in commands])
+        return await gather_replies([self.call_later(*args) for args in commands])
 
     def adopt(self, call: _Call, *, asking: bool = False) -> None:
         """Queue *call*, redirected from another node of the cluster, behind what is queued

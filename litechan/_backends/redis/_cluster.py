@@ -33,7 +33,7 @@ import attrs
 
 from ..._errors import BrokerUnavailable, InvalidArgument
 from ..._log import logger
-from ._client import Arg, Backpressure, Client, OnDone, Script, _Call, gather_replies, translate
+from ._client import Arg, Bounds, Client, OnDone, Script, _Call, gather_replies, translate
 from ._notes import Notes
 from ._options import Endpoint, RedisOptions
 from ._slots import key_slot
@@ -84,7 +84,7 @@ def parse_slots(reply: Any) -> list[_Shard]:
     return [_Shard(host, port, tuple(ranges)) for (host, port), ranges in by_node.items()]
 
 
-class ClusterClient(Backpressure):
+class ClusterClient(Bounds):
     """Calls routed by slot to one :class:`Client` per primary (the interface of Client)."""
 
     def __init__(self, options: RedisOptions) -> None:
@@ -106,14 +106,6 @@ class ClusterClient(Backpressure):
         self._roomy: asyncio.Event | None = None
 
     # -- what Client has -------------------------------------------------------------------------
-
-    @property
-    def options(self) -> RedisOptions:
-        return self._options
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def sharded(self) -> bool:
@@ -173,15 +165,9 @@ class ClusterClient(Backpressure):
         self._apply(shards)
 
     def closing(self) -> None:
-        self._close_by = min(self._close_by, time.monotonic() + self._options.retry)
+        super().closing()
         for node in self._nodes.values():
             node.closing()
-
-    async def bounded(self, awaitable: Awaitable[T]) -> T | None:
-        limit = min(self._options.retry, self._close_by - time.monotonic())
-        with anyio.move_on_after(max(0.0, limit)):
-            return await awaitable
-        return None
 
     async def aclose(self) -> None:
         self._closed = True
@@ -229,7 +215,7 @@ class ClusterClient(Backpressure):
 
     async def many(self, commands: Iterable[Sequence[Arg]]) -> list[Any]:
         return await gather_replies(
-            [asyncio.ensure_future(self.call(*command)) for command in commands]
+            [self._route_command(command).call_later(*command) for command in commands]
         )
 
     def before_flush(self, hook: Callable[[], None]) -> None:
